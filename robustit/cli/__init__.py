@@ -1,0 +1,48 @@
+"""The ``robustit`` command line: one module per verb, each with ``register(subparsers)``.
+
+Each verb module defines ``register(subparsers)`` which adds its parser and sets
+``func=run`` where ``run(args) -> int``. Errors from bad user input (:class:`RobustITError`)
+are printed as one clear line, without a traceback, and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import List, Optional
+
+from ..errors import RobustITError
+
+#: verb -> module under robustit.cli
+VERBS = ["data", "pretrain", "train", "generate", "poison", "eval"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="robustit",
+        description="Backdoor-safe instruction tuning of vision-language models: build data, "
+                    "poison it, tune (VanillaIT / RobustIT), generate, evaluate.",
+    )
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    sub.required = True
+    for verb in VERBS:
+        importlib.import_module(f"{__name__}.{verb.replace('-', '_')}").register(sub)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except RobustITError as exc:
+        print(f"robustit {args.verb}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"robustit {args.verb}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # python -m robustit.cli
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Instruction data: records, on-disk formats, the embedded scene world, the prompt template."""
