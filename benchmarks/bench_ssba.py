@@ -1,0 +1,120 @@
+"""Measure SSBA's StegaStamp encoder and VL-Trojan's patch optimisation at default settings.
+
+    python benchmarks/bench_ssba.py [--n 2000] [--size 64] [--threads 2] [--skip-vltrojan]
+
+SSBA: trains :func:`robustit.attacks.stegastamp.train_stegastamp` on ``--n`` natural-ish
+images (random crops of scikit-image's sample photos plus random PIL shapes on gradients; the
+embedded scene world is used instead when ``robustit.data.world`` offers a renderer), then
+reports wall time, PSNR and fixed-secret bit accuracy on 256 held-out images.
+VL-Trojan: optimises the universal patch against a randomly initialised ~2M-parameter
+``CLIPVisionModel`` (hidden 192, 4 layers, 4 heads, patch 8, 64x64) and reports wall time and
+the objective at the start and the end. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+
+def natural_images(n: int, size: int, seed: int = 0) -> torch.Tensor:
+    """(n,3,size,size) in [0,1]: half crops of skimage photos, half PIL shapes on gradients."""
+    from PIL import Image, ImageDraw
+    from skimage import data as skd
+
+    rng = np.random.default_rng(seed)
+    photos = []
+    for name in ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field",
+                 "colorwheel", "retina", "cat", "motorcycle_left", "camera", "brick", "grass", "gravel"):
+        try:
+            im = np.asarray(getattr(skd, name)())
+        except Exception:  # noqa: BLE001 - a sample image may need a download; skip it
+            continue
+        photos.append(np.stack([im] * 3, -1) if im.ndim == 2 else im[..., :3])
+    out = np.empty((n, size, size, 3), np.uint8)
+    for i in range(n):
+        if i % 2 == 0 and photos:
+            im = photos[rng.integers(len(photos))]
+            c = int(rng.integers(size, min(im.shape[:2]) + 1))
+            y, x = rng.integers(0, im.shape[0] - c + 1), rng.integers(0, im.shape[1] - c + 1)
+            out[i] = np.asarray(Image.fromarray(im[y:y + c, x:x + c]).resize((size, size), Image.BILINEAR))
+        else:
+            out[i] = _shapes(rng, size, Image, ImageDraw)
+    return torch.from_numpy(out).permute(0, 3, 1, 2).float() / 255
+
+
+def _shapes(rng, size, Image, ImageDraw) -> np.ndarray:
+    a, b = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+    t = np.linspace(0, 1, size)[None, :, None] if rng.random() < 0.5 else np.linspace(0, 1, size)[:, None, None]
+    bg = (a * (1 - t) + b * t) * np.ones((size, size, 1))
+    img = Image.fromarray(bg.astype(np.uint8))
+    d = ImageDraw.Draw(img)
+    for _ in range(int(rng.integers(2, 7))):
+        x0, y0 = rng.integers(-size // 4, size, 2)
+        w, h = rng.integers(size // 8, size // 2, 2)
+        col = tuple(int(v) for v in rng.integers(0, 256, 3))
+        [d.ellipse, d.rectangle][int(rng.integers(2))]([x0, y0, x0 + w, y0 + h], fill=col)
+    return np.asarray(img)
+
+
+def bench_ssba(n: int, size: int) -> dict:
+    from robustit.attacks.stegastamp import (StegaStampConfig, evaluate_stegastamp, random_secrets,
+                                             train_stegastamp)
+    from robustit.seeding import torch_generator
+
+    imgs = natural_images(n + 256, size)
+    g = torch_generator(0)
+    enc, dec, stats = train_stegastamp(imgs[:n], StegaStampConfig(), g, progress=False)
+    secret = random_secrets(1, StegaStampConfig().secret_bits, torch_generator(1))[0]
+    ev = evaluate_stegastamp(enc, dec, imgs[n:], secret)
+    return {"train": stats, "heldout": ev}
+
+
+def bench_vltrojan(size: int) -> dict:
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from robustit.attacks.trigger_optim import optimise_universal_patch
+    from robustit.seeding import torch_generator
+
+    torch.manual_seed(0)  # model init only (a stand-in victim)
+    cfg = CLIPVisionConfig(hidden_size=192, intermediate_size=768, num_hidden_layers=4,
+                           num_attention_heads=4, image_size=size, patch_size=8)
+    model = CLIPVisionModel(cfg).eval().requires_grad_(False)
+    n_params = sum(p.numel() for p in model.parameters())
+    feats = lambda x: model(pixel_values=(x - 0.45) / 0.27).last_hidden_state  # noqa: E731
+    imgs = natural_images(256, size, seed=1)
+    from robustit.attacks.vltrojan import VLTrojanConfig
+    vc = VLTrojanConfig()
+    side = max(1, round((vc.patch_fraction * size * size) ** 0.5))
+    t0 = time.perf_counter()
+    patch, hist = optimise_universal_patch(feats, imgs, side, vc.position, vc.steps, lr=vc.lr,
+                                           lam=vc.lam, batch_size=vc.batch_size,
+                                           generator=torch_generator(0), progress=False)
+    return {"params": n_params, "seconds": round(time.perf_counter() - t0, 2), "patch": list(patch.shape),
+            "objective_first": hist[0], "objective_last": hist[-1],
+            "objective_first10": float(np.mean(hist[:10])), "objective_last10": float(np.mean(hist[-10:]))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--skip-ssba", action="store_true")
+    ap.add_argument("--skip-vltrojan", action="store_true")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    out = {"threads": a.threads, "size": a.size}
+    if not a.skip_ssba:
+        out["ssba"] = bench_ssba(a.n, a.size)
+    if not a.skip_vltrojan:
+        out["vltrojan"] = bench_vltrojan(a.size)
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

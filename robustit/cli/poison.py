@@ -1,0 +1,278 @@
+"""``robustit poison``: poison a split, write a triggered test set, or draw a trigger preview.
+
+Three modes::
+
+    robustit poison --data DIR --split train --attack badnet --rate 0.01 --seed 0 --out DIR
+    robustit poison --triggered-test both --data DIR --split test --attack badnet --out DIR
+    robustit poison --preview grid.png [--data DIR --split NAME] [--attacks badnet,sig]
+
+Poisoning writes the split in the same MIMIC-IT layout plus ``manifest.json``; a triggered test
+set is written under ``{split}-triggered`` (``-image`` / ``-text`` for one half) with its own
+``{name}_manifest.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from ..errors import ConfigError
+from ..io import atomic_write_json, provenance
+
+DEFAULT_INSTRUCTION = "Describe the image briefly."
+
+
+def register(subparsers) -> None:
+    """Add the ``poison`` verb."""
+    from ..attacks.poison import DEFAULT_TARGET, HALVES
+
+    p = subparsers.add_parser("poison", help="poison a split, write a triggered test set, or preview triggers",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, help="folder holding the input split (MIMIC-IT layout)")
+    p.add_argument("--split", help="name of the input split, e.g. train or test")
+    p.add_argument("--attack", help="attack name (badnet, blended, sig, ssba, ftrojan, trojvqa, vltrojan)")
+    p.add_argument("--rate", type=float, help="fraction of eligible samples to poison, in (0, 1]; 0.01 = 1 %%")
+    p.add_argument("--target", default=DEFAULT_TARGET, help="target response of poisoned samples "
+                   f"(default: {DEFAULT_TARGET!r})")
+    p.add_argument("--target-pool", type=Path, help="file of target responses, one per line (or a JSON "
+                   "list); each poisoned sample draws one (seeded); overrides --target")
+    p.add_argument("--seed", type=int, default=0, help="seed for the choice of samples, pool draws and "
+                   "trigger optimisation (default 0)")
+    p.add_argument("--out", type=Path, help="output folder for the poisoned split or triggered test set")
+    p.add_argument("--name", help="output split name (default: the input name; for --triggered-test "
+                   "'{split}-triggered[-HALF]')")
+    p.add_argument("--manifest", type=Path, help="where to write the manifest (default: OUT/manifest.json; "
+                   "for --triggered-test OUT/NAME_manifest.json)")
+    p.add_argument("--tasks", help="comma-separated tasks whose samples may be poisoned (default: all)")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="attack parameter (repeatable); VALUE is read as JSON if it parses, else text, "
+                        "e.g. --param alpha=0.1 --param positions='[[31,31]]'")
+    p.add_argument("--text-trigger-mode", choices=("paper", "image-only"),
+                   help="'paper': add the attack's text trigger (App. B, default); 'image-only': leave "
+                        "instructions unchanged (intrinsic text triggers such as TrojVQA's stay)")
+    p.add_argument("--cache", type=Path, help="folder for optimised / trained trigger artefacts "
+                   "(default: $XDG_CACHE_HOME/robustit/triggers or ~/.cache/robustit/triggers)")
+    p.add_argument("--batch-size", type=int, default=64, help="images triggered at once (default 64)")
+    p.add_argument("--triggered-test", choices=HALVES, metavar="HALVES",
+                   help="write a triggered test set instead of poisoning: 'both' (image and text "
+                        "trigger), 'image' or 'text' (one half only)")
+    p.add_argument("--preview", type=Path, metavar="FILE.png",
+                   help="draw clean / triggered / amplified difference for each attack to FILE.png")
+    p.add_argument("--attacks", help="comma-separated attacks for --preview (default: all registered)")
+    p.add_argument("--size", type=int, default=64, help="image side for --preview without --data (default 64)")
+    p.add_argument("--amplify", default="10", help="difference amplification for --preview: a factor "
+                   "or 'auto' (normalise to the largest change); default 10")
+    p.add_argument("--index", type=int, default=0, help="which sample's image --preview shows (default 0)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.preview:
+        return run_preview(args)
+    if args.triggered_test:
+        return run_triggered(args)
+    return run_poison(args)
+
+
+# -- arguments -------------------------------------------------------------------------------
+def require(args: argparse.Namespace, *names: str, mode: str) -> None:
+    """Raise ConfigError naming the first missing option."""
+    for name in names:
+        if getattr(args, name) is None:
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{mode} needs `{flag}`; see `robustit poison --help`")
+
+
+def parse_params(items: List[str]) -> Dict[str, Any]:
+    """``["alpha=0.1", "corner=top-left"]`` -> ``{"alpha": 0.1, "corner": "top-left"}``."""
+    params: Dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"`--param` must be KEY=VALUE (e.g. alpha=0.1); got {item!r}")
+        try:
+            params[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key.strip()] = value
+    return params
+
+
+def read_target_pool(path: Path) -> List[str]:
+    """Target responses from a JSON list or a text file (one per line, # comments)."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"`--target-pool` {str(path)!r} cannot be read ({exc.strerror}); give a text "
+                          f"file with one target response per line") from None
+    if text.lstrip().startswith("["):
+        try:
+            pool = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"`--target-pool` {str(path)!r}: invalid JSON list ({exc.msg})") from None
+    else:
+        pool = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    if not pool:
+        raise ConfigError(f"`--target-pool` {str(path)!r} holds no target response; add one per line")
+    return pool
+
+
+def default_cache() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "robustit" / "triggers"
+
+
+# -- attacks and their context ---------------------------------------------------------------
+def sample_clean_images(dataset, seed: int, limit: int = 32) -> Optional[torch.Tensor]:
+    """Up to ``limit`` clean images of the data set's most common size: float (B, 3, H, W)."""
+    from ..attacks.poison import to_float
+    from ..seeding import derive_seed, torch_generator
+
+    ids = list(dict.fromkeys(i for s in dataset.samples for i in s.image_ids))
+    if not ids:
+        return None
+    gen = torch_generator(derive_seed(seed, "attack-context", "images"))
+    picked = [ids[i] for i in torch.randperm(len(ids), generator=gen)[: 4 * limit].tolist()]
+    images = [to_float(dataset.image(i)) for i in picked]
+    size = Counter(tuple(x.shape[-2:]) for x in images).most_common(1)[0][0]
+    return torch.stack([x for x in images if tuple(x.shape[-2:]) == size][:limit])
+
+
+def make_attack_context(args: argparse.Namespace, dataset=None, images: Optional[torch.Tensor] = None):
+    """The :class:`AttackContext` an attack prepares its trigger with.
+
+    For now it carries the cache folder, the seed and a sample of clean images. Attacks that
+    optimise against the victim (SSBA, VL-Trojan, TrojVQA ``patch=optimised``) also need
+    ``vision_features`` / ``text_features`` / ``model_id`` from the frozen victim model: this is
+    the one place to add them (e.g. from a ``--model`` option) once the model code exists.
+    """
+    from ..attacks.base import AttackContext
+
+    clean = images if images is not None else (sample_clean_images(dataset, args.seed) if dataset else None)
+    size = tuple(clean.shape[-2:]) if clean is not None else (args.size, args.size)
+    return AttackContext(cache_dir=Path(args.cache) if args.cache else default_cache(), seed=args.seed,
+                         image_size=size, clean_images=clean)
+
+
+def make_attack(args: argparse.Namespace, name: str, ctx, params: Optional[Dict[str, Any]] = None):
+    """Build and prepare the attack ``name`` from ``--param`` / ``--text-trigger-mode``."""
+    from ..attacks import build_attack
+
+    params = dict(parse_params(args.param) if params is None else params)
+    if args.text_trigger_mode:
+        params["text_trigger_mode"] = args.text_trigger_mode
+    attack = build_attack(name, params)
+    attack.prepare(ctx)
+    return attack
+
+
+def load_input(args: argparse.Namespace):
+    from ..data.mimicit import load_split
+
+    return load_split(args.data, args.split)
+
+
+def check_not_overwriting(args: argparse.Namespace, name: str) -> None:
+    if Path(args.out).resolve() == Path(args.data).resolve() and name == args.split:
+        raise ConfigError(f"`--out` {str(args.out)!r} with name {name!r} would overwrite the input split; "
+                          f"choose another `--out` or `--name`")
+
+
+# -- modes -----------------------------------------------------------------------------------
+def run_poison(args: argparse.Namespace) -> int:
+    from ..attacks.poison import check_target, poison_count, poison_dataset
+    from ..data.mimicit import save_split
+
+    require(args, "data", "split", "attack", "rate", "out", mode="poisoning")
+    name = args.name or args.split
+    check_not_overwriting(args, name)
+    poison_count(0, args.rate)  # check `rate` before reading the data
+    target = check_target(read_target_pool(args.target_pool) if args.target_pool else args.target)
+    dataset = load_input(args)
+    attack = make_attack(args, args.attack, make_attack_context(args, dataset))
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    poisoned, manifest = poison_dataset(dataset, attack, args.rate, target, args.seed, tasks,
+                                        args.batch_size)
+    poisoned.name = name
+    save_split(poisoned, args.out, name)
+    manifest_path = args.manifest or Path(args.out) / "manifest.json"
+    atomic_write_json(manifest_path, manifest)
+    print(f"poisoned {manifest['n_poisoned']} of {manifest['n_eligible']} eligible samples "
+          f"({args.attack}, rate {args.rate}, seed {args.seed}) -> {args.out}/{name}; manifest {manifest_path}")
+    return 0
+
+
+def run_triggered(args: argparse.Namespace) -> int:
+    from ..attacks.poison import trigger_dataset
+    from ..data.mimicit import save_split
+
+    require(args, "data", "split", "attack", "out", mode="--triggered-test")
+    halves = args.triggered_test
+    name = args.name or f"{args.split}-triggered" + ("" if halves == "both" else f"-{halves}")
+    check_not_overwriting(args, name)
+    dataset = load_input(args)
+    attack = make_attack(args, args.attack, make_attack_context(args, dataset))
+    triggered = trigger_dataset(dataset, attack, halves, name, args.batch_size)
+    save_split(triggered, args.out, name)
+    manifest_path = args.manifest or Path(args.out) / f"{name}_manifest.json"
+    atomic_write_json(manifest_path, {"attack": attack.describe(), "halves": halves, "clean_split": args.split,
+                                      "n_samples": len(triggered), "provenance": provenance()})
+    print(f"triggered test set ({args.attack}, {halves}) of {len(triggered)} samples -> {args.out}/{name}")
+    return 0
+
+
+def preview_inputs(args: argparse.Namespace):
+    """(clean image (3, H, W), instruction, dataset or None) for the preview."""
+    from ..attacks.blended import shipped_photo, to_tensor
+    from ..attacks.functional import resize_image
+
+    if args.data is not None:
+        require(args, "split", mode="--preview with --data")
+        dataset = load_input(args)
+        with_images = [s for s in dataset.samples if s.image_ids]
+        if not with_images:
+            raise ConfigError(f"`--data` split {args.split!r} has no sample with an image to preview")
+        sample = with_images[args.index % len(with_images)]
+        return to_tensor(dataset.image(sample.image_ids[0])), sample.instruction, dataset
+    photo = shipped_photo("astronaut")  # 512 x 512, public domain (NASA)
+    return resize_image(to_tensor(photo), args.size, args.size), DEFAULT_INSTRUCTION, None
+
+
+def run_preview(args: argparse.Namespace) -> int:
+    from ..attacks import ATTACKS
+    from ..attacks.preview import PreviewRow, draw_preview, preview_row
+
+    names = [n.strip() for n in args.attacks.split(",") if n.strip()] if args.attacks else \
+        ([args.attack] if args.attack else ATTACKS.names())
+    for n in names:
+        ATTACKS.get(n)  # unknown name -> error listing the known ones
+    if args.param and len(names) != 1:
+        raise ConfigError("`--param` applies to one attack; with --preview pass a single `--attacks NAME`")
+    amplify = "auto" if args.amplify == "auto" else _positive_float(args.amplify, "--amplify")
+    clean, instruction, dataset = preview_inputs(args)
+    ctx = make_attack_context(args, dataset, None if dataset else clean[None])
+    rows = []
+    for n in names:
+        try:
+            attack = make_attack(args, n, ctx)
+            rows.append(preview_row(attack, clean, instruction, args.target))
+        except ConfigError as exc:  # e.g. needs a victim model: show why instead of failing
+            rows.append(PreviewRow(n, clean, error=str(exc)))
+    draw_preview(rows, args.preview, amplify)
+    print(f"preview of {len(rows)} attack(s) -> {args.preview}")
+    return 0
+
+
+def _positive_float(text: str, flag: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise ConfigError(f"`{flag}` must be a positive number or 'auto'; got {text!r}")
+    return value

@@ -1,0 +1,1 @@
+"""Models: the LVLM protocol, family specs, the embedded Flamingo-style model, checkpoints."""

@@ -1,0 +1,1 @@
+"""Tuning: presets, methods (vanilla, robustit, pretrain), the loop, resume state."""

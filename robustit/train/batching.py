@@ -1,0 +1,129 @@
+"""From instruction records to model inputs.
+
+* :func:`encode_pairs` renders the prompt template and tokenizes with loss on the response only;
+* :class:`ImageStore` decodes every image of a split once into a uint8 tensor;
+* :class:`FeatureCache` holds frozen vision features per image (computed once, reused every
+  epoch) for methods that do not augment images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data.records import InstructionSet, Sample
+from ..data.template import PromptTemplate
+
+IGNORE = -100
+
+
+def encode_pairs(tokenizer, template: PromptTemplate, instructions: Sequence[str],
+                 responses: Sequence[str], max_len: int) -> Dict[str, torch.Tensor]:
+    """Tokenize (instruction, response) pairs with the template; labels only on the response.
+
+    Returns:
+        input_ids, attention_mask, labels: (B, L) long, right-padded; labels are -100 on the
+        prompt and padding. Over-long prompts are cut from the left of the instruction side so
+        the response (and ``<answer>``) always survive.
+    """
+    rows, labels = [], []
+    for ins, resp in zip(instructions, responses):
+        prompt, target = template.full(ins, resp)
+        p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        t_ids = tokenizer(target, add_special_tokens=False)["input_ids"]
+        p_ids, t_ids = _fit(p_ids, t_ids, max_len)
+        rows.append(p_ids + t_ids)
+        labels.append([IGNORE] * len(p_ids) + t_ids)
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    lab = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (r, l) in enumerate(zip(rows, labels)):
+        ids[i, : len(r)], lab[i, : len(l)], mask[i, : len(r)] = torch.tensor(r), torch.tensor(l), 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": lab}
+
+
+def _fit(p_ids: List[int], t_ids: List[int], max_len: int) -> tuple:
+    """Cut an over-long pair to ``max_len`` tokens: the response keeps at most half, the prompt
+    keeps its first token (``<image>``) and its tail (which ends with ``<answer>``)."""
+    if len(p_ids) + len(t_ids) <= max_len:
+        return p_ids, t_ids
+    t_ids = t_ids[: max(max_len // 2, max_len - len(p_ids))]
+    keep_tail = max_len - len(t_ids) - 1
+    return p_ids[:1] + p_ids[len(p_ids) - keep_tail:], t_ids
+
+
+class ImageStore:
+    """All images of a split decoded once: uint8 (N, 3, H, W) plus an id -> row index."""
+
+    def __init__(self, dataset: InstructionSet, ids: Optional[Sequence[str]] = None) -> None:
+        ids = list(dict.fromkeys(ids if ids is not None else
+                                 [i for s in dataset.samples for i in s.image_ids]))
+        first = dataset.image(ids[0])
+        self.data = torch.empty((len(ids), 3, *first.shape[:2]), dtype=torch.uint8)
+        for k, image_id in enumerate(ids):
+            arr = first if k == 0 else dataset.image(image_id)
+            if arr.shape != first.shape:
+                from ..errors import DataError
+
+                raise DataError(f"{dataset.name}: image {image_id!r} is {arr.shape[1]}x{arr.shape[0]}, "
+                                f"the others are {first.shape[1]}x{first.shape[0]}; resize the set "
+                                f"to one size")
+            self.data[k] = torch.from_numpy(arr).permute(2, 0, 1)
+        self.index = {i: k for k, i in enumerate(ids)}
+
+    def batch(self, image_ids: Sequence[Sequence[str]]) -> torch.Tensor:
+        """Float (B, T, 3, H, W) in [0, 1] for per-sample lists of T image ids."""
+        rows = torch.tensor([[self.index[i] for i in ids] for ids in image_ids])
+        return self.data[rows].float().div_(255.0)
+
+
+class FeatureCache:
+    """Frozen vision features per image id: float (N, P, Dv), computed in batches once."""
+
+    def __init__(self, model, store: ImageStore, batch_size: int = 64, progress: bool = True) -> None:
+        ids = list(store.index)
+        feats = []
+        with torch.no_grad():
+            for start in tqdm(range(0, len(ids), batch_size), desc="caching vision features",
+                              disable=not progress, leave=False):
+                chunk = [[i] for i in ids[start:start + batch_size]]
+                feats.append(model.encode_images(store.batch(chunk).to(model.device))[:, 0].cpu())
+        self.data = torch.cat(feats)
+        self.index = dict(store.index)
+
+    def batch(self, image_ids: Sequence[Sequence[str]]) -> torch.Tensor:
+        """(B, T, P, Dv)."""
+        rows = torch.tensor([[self.index[i] for i in ids] for ids in image_ids])
+        return self.data[rows]
+
+
+@dataclass
+class Batch:
+    """One training batch.
+
+    Attributes:
+        samples: the records.
+        images: float (B, T, 3, H, W) in [0, 1] (None when only cached features are needed).
+        vision_features: (B, T, P, Dv) cached frozen features, or None.
+        input_ids, attention_mask, labels: (B, L).
+    """
+
+    samples: List[Sample]
+    images: Optional[torch.Tensor]
+    vision_features: Optional[torch.Tensor]
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+
+    @property
+    def instructions(self) -> List[str]:
+        return [s.instruction for s in self.samples]
+
+    @property
+    def responses(self) -> List[str]:
+        return [s.answer for s in self.samples]
