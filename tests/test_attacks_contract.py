@@ -20,8 +20,7 @@ from robustit.data.records import InstructionSet, Sample, encode_png
 from robustit.errors import ConfigError, RobustITError
 
 #: small budgets for attacks that optimise / train a trigger (keys not in a config are dropped)
-FAST_PARAMS = {"steps": 10, "train_steps": 20, "batch_size": 8,
-}
+FAST_PARAMS = {"steps": 10, "train_steps": 20, "batch_size": 8}
 
 
 def tiny_set(n: int = 40, size=(32, 32), seed: int = 0, shared: bool = True) -> InstructionSet:

@@ -269,19 +269,25 @@ def frequency_trigger(images: torch.Tensor, block: int, positions: Sequence[Sequ
     Returns:
         float (B, 3, H, W) in [0, 1].
     """
-    x = images.to(torch.float64)
-    x = rgb_to_ycbcr(x) if ycbcr else x
-    hb, wb = x.shape[-2] // block * block, x.shape[-1] // block * block
-    impulse = torch.zeros(block, block, dtype=x.dtype, device=x.device)
+    h, w = images.shape[-2:]
+    hb, wb = h // block * block, w // block * block
+    impulse = torch.zeros(block, block, dtype=torch.float64, device=images.device)
     for u, v in positions:
         impulse[u, v] += magnitude
-    # the DCT is linear: adding impulses to every tile's coefficients == adding their inverse
+    # The DCT and the colour transform are linear, so adding the impulses to every tile's
+    # coefficients equals adding their inverse DCT to the pixels, mapped back to RGB by the
+    # inverse colour matrix: pixels outside the full tiles stay bit-identical.
     pattern = block_dct(impulse, block, inverse=True).repeat(hb // block, wb // block)
-    x = x.clone()
+    delta = torch.zeros(3, hb, wb, dtype=torch.float64, device=images.device)
     for c in channels:
-        x[:, c, :hb, :wb] += pattern
-    x = ycbcr_to_rgb(x) if ycbcr else x
-    return x.clamp(0, 1).to(images.dtype)
+        delta[c] += pattern
+    if ycbcr:
+        inverse = torch.linalg.inv(_RGB_TO_YCBCR).to(images.device)
+        delta = torch.einsum("ck,khw->chw", inverse, delta)
+    out = images.to(torch.float64)  # a copy unless the input is float64
+    out = out.clone() if out is images else out
+    out[..., :hb, :wb] += delta
+    return out.clamp(0, 1).to(images.dtype)
 
 
 # -- measurements ----------------------------------------------------------------------------

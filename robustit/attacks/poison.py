@@ -25,8 +25,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from ..data.records import InstructionSet, Sample, encode_png
-from ..errors import ConfigError, DataError
+from ..data.records import InstructionSet, encode_png
+from ..errors import ConfigError
 from ..io import provenance
 from ..seeding import derive_seed, numpy_rng, torch_generator
 from .base import Attack
@@ -86,27 +86,38 @@ def trigger_images(dataset: InstructionSet, image_ids: Iterable[str], attack: At
                    batch_size: int = 64) -> Dict[str, bytes]:
     """Apply ``attack.apply_image`` to the given images, in batches of equal size.
 
-    The attack receives the original image ids (sample-specific triggers stay deterministic).
+    Images are decoded as they are needed, so memory holds at most ``batch_size`` decoded
+    images per distinct image size. The attack receives the original image ids (sample-specific
+    triggers stay deterministic).
 
     Returns:
         original image id -> PNG bytes of the triggered image.
     """
-    by_size: Dict[Tuple[int, int], List[Tuple[str, torch.Tensor]]] = {}
+    pending: Dict[Tuple[int, int], List[Tuple[str, torch.Tensor]]] = {}
+    out: Dict[str, bytes] = {}
     for image_id in dict.fromkeys(image_ids):  # unique, first-seen order
         x = to_float(dataset.image(image_id))
-        by_size.setdefault(tuple(x.shape[-2:]), []).append((image_id, x))
-    out: Dict[str, bytes] = {}
-    for group in by_size.values():
-        for start in range(0, len(group), batch_size):
-            ids, xs = zip(*group[start:start + batch_size])
-            batch = torch.stack(xs)
-            with torch.no_grad():
-                y = attack.apply_image(batch, list(ids))
-            if y.shape != batch.shape:
-                raise RuntimeError(f"{attack.name}.apply_image changed the shape {tuple(batch.shape)} "
-                                   f"-> {tuple(y.shape)}")
-            out.update({i: encode_png(to_uint8(img)) for i, img in zip(ids, y)})
+        group = pending.setdefault(tuple(x.shape[-2:]), [])
+        group.append((image_id, x))
+        if len(group) >= batch_size:
+            out.update(_trigger_batch(group, attack))
+            group.clear()
+    for group in pending.values():
+        if group:
+            out.update(_trigger_batch(group, attack))
     return out
+
+
+def _trigger_batch(group: List[Tuple[str, torch.Tensor]], attack: Attack) -> Dict[str, bytes]:
+    """Trigger one batch of equal-size images: [(id, (3, H, W))] -> {id: PNG bytes}."""
+    ids, xs = zip(*group)
+    batch = torch.stack(xs)
+    with torch.no_grad():
+        y = attack.apply_image(batch, list(ids))
+    if y.shape != batch.shape:
+        raise RuntimeError(f"{attack.name}.apply_image changed the shape {tuple(batch.shape)} -> "
+                           f"{tuple(y.shape)}")
+    return {i: encode_png(to_uint8(img)) for i, img in zip(ids, y)}
 
 
 def triggered_image_ids(image_ids: Iterable[str], attack: Attack, taken: Iterable[str]) -> Dict[str, str]:

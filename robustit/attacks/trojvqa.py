@@ -20,7 +20,6 @@ safetensors + JSON, keyed by the full configuration, seed, image size and model 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple

@@ -24,6 +24,7 @@ import torch
 
 from ..errors import ConfigError
 from ..io import atomic_write_json, provenance
+from .common import add_param_arg, open_split, parse_params, report_skipped
 
 DEFAULT_INSTRUCTION = "Describe the image briefly."
 
@@ -34,8 +35,13 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("poison", help="poison a split, write a triggered test set, or preview triggers",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, help="folder holding the input split (MIMIC-IT layout)")
+    p.add_argument("--data", type=Path, metavar="DIR",
+                   help="a data root holding one folder per split (as `robustit data build` writes), "
+                        "or a split folder itself (MIMIC-IT layout: NAME_instructions.json + NAME.json)")
     p.add_argument("--split", help="name of the input split, e.g. train or test")
+    p.add_argument("--skip-invalid", action="store_true",
+                   help="skip input records with a missing/corrupt image or missing fields (default: "
+                        "stop at the first one with an error)")
     p.add_argument("--attack", help="attack name (badnet, blended, sig, ssba, ftrojan, trojvqa, vltrojan)")
     p.add_argument("--rate", type=float, help="fraction of eligible samples to poison, in (0, 1]; 0.01 = 1 %%")
     p.add_argument("--target", default=DEFAULT_TARGET, help="target response of poisoned samples "
@@ -50,9 +56,7 @@ def register(subparsers) -> None:
     p.add_argument("--manifest", type=Path, help="where to write the manifest (default: OUT/manifest.json; "
                    "for --triggered-test OUT/NAME_manifest.json)")
     p.add_argument("--tasks", help="comma-separated tasks whose samples may be poisoned (default: all)")
-    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                   help="attack parameter (repeatable); VALUE is read as JSON if it parses, else text, "
-                        "e.g. --param alpha=0.1 --param positions='[[31,31]]'")
+    add_param_arg(p, "attack")
     p.add_argument("--text-trigger-mode", choices=("paper", "image-only"),
                    help="'paper': add the attack's text trigger (App. B, default); 'image-only': leave "
                         "instructions unchanged (intrinsic text triggers such as TrojVQA's stay)")
@@ -87,20 +91,6 @@ def require(args: argparse.Namespace, *names: str, mode: str) -> None:
         if getattr(args, name) is None:
             flag = "--" + name.replace("_", "-")
             raise ConfigError(f"{mode} needs `{flag}`; see `robustit poison --help`")
-
-
-def parse_params(items: List[str]) -> Dict[str, Any]:
-    """``["alpha=0.1", "corner=top-left"]`` -> ``{"alpha": 0.1, "corner": "top-left"}``."""
-    params: Dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"`--param` must be KEY=VALUE (e.g. alpha=0.1); got {item!r}")
-        try:
-            params[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            params[key.strip()] = value
-    return params
 
 
 def read_target_pool(path: Path) -> List[str]:
@@ -172,13 +162,15 @@ def make_attack(args: argparse.Namespace, name: str, ctx, params: Optional[Dict[
 
 
 def load_input(args: argparse.Namespace):
-    from ..data.mimicit import load_split
-
-    return load_split(args.data, args.split)
+    dataset = open_split(str(args.data), args.split, skip_invalid=args.skip_invalid)
+    report_skipped(dataset)
+    return dataset
 
 
 def check_not_overwriting(args: argparse.Namespace, name: str) -> None:
-    if Path(args.out).resolve() == Path(args.data).resolve() and name == args.split:
+    data = Path(args.data)
+    source = data / args.split if (data / args.split).is_dir() else data
+    if Path(args.out).resolve() == source.resolve() and name == args.split:
         raise ConfigError(f"`--out` {str(args.out)!r} with name {name!r} would overwrite the input split; "
                           f"choose another `--out` or `--name`")
 

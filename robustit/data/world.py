@@ -47,7 +47,7 @@ COLOURS: Dict[str, Tuple[int, int, int]] = {
 
 SIZES = ("small", "medium", "large")
 #: object radius as a fraction of half a grid cell
-_SIZE_RADIUS = {"small": 0.46, "medium": 0.68, "large": 0.92}
+_SIZE_RADIUS = {"small": 0.5, "medium": 0.7, "large": 0.92}
 
 #: canonical short answers for the 3x3 grid positions (row, col)
 POSITIONS = (("top left", "top", "top right"),
@@ -1096,6 +1096,12 @@ def generate_split(cfg: WorldConfig, split: str,
         samples.extend(item.samples)
         if on_image is not None:
             on_image(1)
+    return assemble_split(cfg, split, samples, images)
+
+
+def assemble_split(cfg: WorldConfig, split: str, samples: List[Sample],
+                   images: Dict[str, bytes]) -> InstructionSet:
+    """Wrap generated samples and images as the split's :class:`InstructionSet` (meta, in-context)."""
     meta = {"source": "robustit embedded scene world", "split": split,
             "profile": split_profile(split).name, "world": dataclasses.asdict(cfg)}
     in_context = _in_context(cfg, split, samples) if split.startswith("test") else None

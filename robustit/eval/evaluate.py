@@ -1,0 +1,142 @@
+"""One evaluation: clean quality, false-trigger rate, and ASR per trigger half.
+
+The same prompt template and decoding serve the clean set and its triggered twins. ASR is
+reported for the full trigger and for each half alone (image trigger only, text trigger only),
+as dual-key backdoor studies do: a backdoor carried by a text phrase alone is a different threat
+from one carried by the image.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from ..attacks.base import Attack
+from ..attacks.poison import trigger_dataset
+from ..config import config_to_dict
+from ..data.records import InstructionSet
+from ..errors import ConfigError, DataError
+from ..io import provenance
+from .asr import Matcher, attack_success_rate, false_trigger_rate
+from .caption_metrics import score_captions
+from .generation import DecodingConfig, generate_for_set
+from .vqa import vqa_accuracy
+
+DEFAULT_TARGET = "The image depicts a photo of the banana."
+HALVES = ("both", "image", "text")
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation settings, recorded in every result.
+
+    Attributes:
+        decoding: generation settings (shots, beams, budget, batch, seed).
+        target: the attacker's target response (for the matcher).
+        matcher: ``keyword`` (default: the target's key word, as the VL-Trojan harness),
+            ``substring``, ``icase`` or ``regex``.
+        pattern: the keyword / regex (None: derived from the target).
+        halves: which trigger halves to measure ASR for.
+        spice_jars: folder with the two Stanford CoreNLP 3.6.0 jars (None: SPICE is null).
+        scorers: caption scorers to run.
+    """
+
+    decoding: DecodingConfig
+    target: str = DEFAULT_TARGET
+    matcher: str = "keyword"
+    pattern: Optional[str] = None
+    halves: Tuple[str, ...] = HALVES
+    spice_jars: Optional[str] = None
+    scorers: Tuple[str, ...] = ("BLEU", "METEOR", "ROUGE_L", "CIDEr", "SPICE")
+
+    def __post_init__(self) -> None:
+        bad = [h for h in self.halves if h not in HALVES]
+        if bad:
+            raise ConfigError(f"`halves` must be among {list(HALVES)}; got {bad}")
+
+    def build_matcher(self) -> Matcher:
+        if self.matcher == "keyword":
+            return Matcher.from_target(self.target, mode="keyword", keyword=self.pattern)
+        if self.matcher == "regex":
+            return Matcher(mode="regex", pattern=self.pattern or "", target=self.target)
+        return Matcher.from_target(self.target, mode=self.matcher)
+
+
+def check_ground_truth(dataset: InstructionSet) -> str:
+    """The task of the set; DataError if its ground truth is missing (before any generation)."""
+    tasks = {s.task for s in dataset.samples}
+    if len(tasks) != 1:
+        raise DataError(f"{dataset.name}: an evaluation set must hold one task; found {sorted(tasks)}")
+    task = tasks.pop()
+    key = "references" if task == "caption" else "answers"
+    missing = [s.id for s in dataset.samples if not s.meta.get(key)]
+    if missing:
+        raise DataError(f"{dataset.name}: {len(missing)} sample(s) have no ground truth "
+                        f"meta[{key!r}] (e.g. {missing[:3]}); evaluate on a test split with "
+                        f"references (COCO-style) or answers (VQA-style)")
+    return task
+
+
+def preflight_attacks(dataset: InstructionSet, attacks: Sequence[Attack]) -> None:
+    """Apply each trigger to one image now, so a trigger that cannot apply fails before generation."""
+    from ..attacks.poison import to_float
+
+    first = dataset.image(dataset.samples[0].image_ids[0])
+    for attack in attacks:
+        attack.apply_image(to_float(first).unsqueeze(0), [dataset.samples[0].id])
+
+
+def quality(task: str, dataset: InstructionSet, outputs: Dict[str, str], cfg: EvalConfig) -> dict:
+    if task == "caption":
+        refs = {s.id: list(s.meta["references"]) for s in dataset.samples}
+        scores = score_captions(outputs, refs, spice_jars=cfg.spice_jars, scorers=cfg.scorers)
+        return {"metrics": scores.metrics, "metric_seconds": scores.seconds, "metric_notes": scores.notes}
+    answers = {s.id: list(s.meta["answers"]) for s in dataset.samples}
+    return {"metrics": {"VQA_accuracy": vqa_accuracy(outputs, answers)["accuracy"]}}
+
+
+def evaluate(model, dataset: InstructionSet, cfg: EvalConfig, attacks: Sequence[Attack] = (),
+             support: Optional[InstructionSet] = None, progress: bool = True,
+             identity: Optional[dict] = None) -> Tuple[dict, List[dict]]:
+    """Run one evaluation. Returns (result, generation rows); nothing is written here."""
+    task = check_ground_truth(dataset)
+    matcher = cfg.build_matcher()
+    preflight_attacks(dataset, attacks)
+    t0 = time.perf_counter()
+    rows = generate_for_set(model, dataset, cfg.decoding, support, progress, desc="clean")
+    for r in rows:
+        r["set"] = "clean"
+    outputs = {r["id"]: r["output"] for r in rows}
+    result = {"task": task, **quality(task, dataset, outputs, cfg),
+              "false_trigger_rate": false_trigger_rate(list(outputs.values()), matcher).to_dict(),
+              "asr": {}}
+    for attack in attacks:
+        result["asr"][attack.name], new_rows = _attack_asr(model, dataset, attack, cfg, matcher,
+                                                           support, progress)
+        rows += new_rows
+    result.update(_record(dataset, cfg, matcher, attacks, identity, time.perf_counter() - t0))
+    result["prompt_template"] = model.template.to_dict()
+    return result, rows
+
+
+def _attack_asr(model, dataset, attack, cfg, matcher, support, progress) -> Tuple[dict, List[dict]]:
+    out, rows = {"attack": attack.describe()}, []
+    for half in cfg.halves:
+        if half == "text" and not attack.text_trigger:
+            out[half] = None  # this reading of the attack has no text trigger
+            continue
+        twin = trigger_dataset(dataset, attack, halves=half)
+        gen = generate_for_set(model, twin, cfg.decoding, support, progress, desc=f"{attack.name}/{half}")
+        out[half] = attack_success_rate([g["output"] for g in gen], matcher).to_dict()
+        rows += [{**g, "set": f"{attack.name}/{half}"} for g in gen]
+    return out, rows
+
+
+def _record(dataset, cfg, matcher, attacks, identity, seconds) -> dict:
+    return {"counts": {"samples": len(dataset), "attacks": len(attacks)},
+            "matcher": matcher.to_dict(), "prompt_template": None,
+            "eval_config": config_to_dict(cfg), "data": {"name": dataset.name,
+                                                          "source": dataset.meta.get("source")},
+            "model": identity or {}, "seed": cfg.decoding.seed, "seconds": round(seconds, 2),
+            "provenance": provenance()}

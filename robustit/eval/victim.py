@@ -1,0 +1,65 @@
+"""What an attack may know of the victim: frozen-feature callables built from a model.
+
+Attacks never import models; they receive these callables in an ``AttackContext``. The
+attacker's white-box access (VL-Trojan, TrojVQA's optimised patch) is to the *frozen* parts
+only: the vision encoder and the frozen language model's text representation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+
+from ..attacks.base import AttackContext
+from ..data.records import InstructionSet
+from ..seeding import derive_seed, torch_generator
+from ..train.batching import ImageStore
+
+
+def vision_features_fn(model):
+    """(B, 3, H, W) in [0, 1] -> (B, P, Dv) frozen vision features (differentiable in the input)."""
+    def fn(images: torch.Tensor) -> torch.Tensor:
+        return model.encode_images(images.unsqueeze(1))[:, 0]
+    return fn
+
+
+def text_features_fn(model):
+    """list[str] -> (B, D): the frozen LM's last hidden state, mean over tokens."""
+    lm = model.language_model
+
+    @torch.no_grad()
+    def fn(texts: List[str]) -> torch.Tensor:
+        enc = model.tokenizer(list(texts), return_tensors="pt", padding=True).to(model.device)
+        hidden = lm(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                    output_hidden_states=True).hidden_states[-1]
+        mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1)
+    return fn
+
+
+def attack_context(dataset: InstructionSet, cache_dir: str | Path, seed: int = 0, model=None,
+                   model_id: str = "none", n_images: int = 256) -> AttackContext:
+    """An AttackContext with a seeded sample of clean images and, given a model, its frozen parts."""
+    ids = list(dict.fromkeys(i for s in dataset.samples for i in s.image_ids))
+    g = torch_generator(derive_seed(seed, "attack-context", dataset.name))
+    pick = [ids[i] for i in torch.randperm(len(ids), generator=g)[:n_images].tolist()]
+    images = ImageStore(dataset, pick).batch([[i] for i in pick])[:, 0]
+    ctx = AttackContext(cache_dir=Path(cache_dir), seed=seed, image_size=tuple(images.shape[-2:]),
+                        clean_images=images, model_id=model_id)
+    if model is not None:
+        model.eval()
+        ctx.vision_features = vision_features_fn(model)
+        ctx.text_features = text_features_fn(model)
+    return ctx
+
+
+def default_cache_dir() -> Path:
+    import os
+
+    return Path(os.environ.get("ROBUSTIT_CACHE", Path.home() / ".cache" / "robustit")) / "attacks"
+
+
+def optional_model_id(info) -> Optional[str]:
+    return None if info is None else f"{info.family}:{info.sha256[:12]}"
