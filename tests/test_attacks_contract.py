@@ -256,6 +256,17 @@ def test_tiny_images_are_triggered_or_refused_clearly(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_attack_replays_from_its_description(name, tmp_path):
+    attack = make(name, tmp_path)
+    config = json.loads(json.dumps(attack.describe()["config"]))  # as read back from a manifest
+    again = build_attack(name, config)
+    again.prepare(tiny_context(tmp_path))
+    assert again.describe() == attack.describe()
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(again.apply_image(x, ["a", "b"]), attack.apply_image(x, ["a", "b"]))
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_unknown_parameter_is_refused(name):
     with pytest.raises(ConfigError, match="unknown key"):
         build_attack(name, {"no_such_parameter": 1})

@@ -21,10 +21,10 @@ from robustit.eval.caption_metrics import score_captions
 pytestmark = pytest.mark.skipif(shutil.which("java") is None, reason="needs Java")
 
 REFS = {
-    "1": ["A dog runs on the grass.", "a brown dog running across a lawn", "Dog playing outside."],
+    "1": ["A dog runs on the grass.", "a brown dog running across a lawn", "Dog playing."],
     "2": ["Two cats sleep on a red sofa.", "cats on a couch", "two kittens napping on a sofa"],
     "3": ["A man rides a bike down the road.", "a person cycling", "A cyclist on a street."],
-    "4": ["A plate of food with broccoli.", "some vegetables on a plate", "dinner on a white plate"],
+    "4": ["A plate of food with broccoli.", "vegetables on a plate", "dinner on a white plate"],
     "5": ["A red bus parked by the curb.", "a bus on a city street", "Red double decker bus."],
 }
 CANDS = {
@@ -139,6 +139,15 @@ def test_missing_java_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(cm, "java_path", lambda: None)
     with pytest.raises(RobustITError, match="Java"):
         score_captions(CANDS, REFS, scorers=("BLEU",))
+    with pytest.raises(RobustITError, match="Java"):
+        cm.check_environment(scorers=("BLEU",))
+
+
+def test_check_environment_predicts_a_null_spice(monkeypatch):
+    monkeypatch.delenv(cm.SPICE_JARS_ENV, raising=False)
+    assert cm.check_environment(scorers=("BLEU",)) == []
+    (note,) = cm.check_environment()
+    assert "SPICE will be null" in note and cm.SPICE_JARS_ENV in note
 
 
 def test_read_only_package_runs_from_an_identical_copy(tmp_path, monkeypatch):

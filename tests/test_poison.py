@@ -196,6 +196,7 @@ def test_cli_poison_writes_split_and_manifest(tmp_path, mimicit, capsys):
     poisoned = mimicit.load_split(out, "train")
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["n_poisoned"] == 3 and manifest["attack"]["config"]["alpha"] == 0.1
+    assert manifest["trigger_context"]["seed"] == 0 and manifest["trigger_context"]["model_id"] == "none"
     assert manifest["target_pool"] == ["The image depicts a banana.", "A photo of the banana."]
     flags = {r["id"]: r["poisoned"] for r in manifest["samples"]}
     raw_in = json.loads((tmp_path / "in" / "train.json").read_text())
@@ -222,3 +223,21 @@ def test_cli_triggered_test_set(tmp_path, mimicit):
     assert (tmp_path / "in" / "test-triggered-image_manifest.json").is_file()
     assert cli(["--triggered-test", "both", "--data", tmp_path / "in", "--split", "test", "--attack", "sig",
                 "--out", tmp_path / "in", "--name", "test"]) == 2  # would overwrite the clean split
+
+
+def test_poisoning_with_the_optimised_trojvqa_patch(tmp_path):
+    from robustit.attacks import AttackContext
+
+    torch.manual_seed(0)
+    enc = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 4, stride=4), torch.nn.Flatten(2)).requires_grad_(False)
+    ctx = AttackContext(cache_dir=tmp_path, seed=0, image_size=(16, 16),
+                        vision_features=lambda x: enc(x).transpose(1, 2), model_id="enc")
+    data = make_set(n=20)
+    attack = build_attack("trojvqa", {"patch": "optimised", "steps": 20})
+    attack.prepare(ctx)  # no clean images given: optimised on seeded noise images
+    poisoned, manifest = poison_dataset(data, attack, 0.1, TARGET, seed=0)
+    solid, _ = poison_dataset(data, build_attack("trojvqa"), 0.1, TARGET, seed=0)
+    assert manifest["n_poisoned"] == 2 and manifest["attack"]["config"]["patch"] == "optimised"
+    i = data.samples.index(data.by_id()[manifest["poisoned_ids"][0]])
+    assert poisoned.samples[i].instruction.startswith("Consider ")
+    assert not np.array_equal(poisoned.image(poisoned.samples[i].image_ids[0]), solid.image(solid.samples[i].image_ids[0]))

@@ -14,9 +14,10 @@ Text trigger (paper, App. B): "The image depicts" appended.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -105,7 +106,16 @@ class Blended(Attack):
         picture = (load_picture(c.trigger_path, "trigger_path") if c.trigger_path
                    else shipped_photo(DEFAULT_BLEND_PICTURE))
         self.picture = to_tensor(picture)  # (3, h, w) at the picture's own size
+        self.picture_sha256 = hashlib.sha256(np.ascontiguousarray(picture).tobytes()).hexdigest()
         self._resized: Dict[Tuple[int, int], torch.Tensor] = {}
+
+    def describe(self) -> Dict[str, Any]:
+        """Parameters plus the blend picture's identity (source, size, hash of its pixels)."""
+        d = super().describe()
+        source = self.config.trigger_path or f"skimage.data.{DEFAULT_BLEND_PICTURE}()"
+        d["trigger_picture"] = {"source": source, "size": list(self.picture.shape[-2:]),
+                                "pixels_sha256": self.picture_sha256}
+        return d
 
     def trigger_for(self, height: int, width: int) -> torch.Tensor:
         """The blend picture resized to ``height x width``: float32 (3, H, W) in [0, 1]."""

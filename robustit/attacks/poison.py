@@ -29,7 +29,7 @@ from ..data.records import InstructionSet, encode_png
 from ..errors import ConfigError
 from ..io import provenance
 from ..seeding import derive_seed, numpy_rng, torch_generator
-from .base import Attack
+from .base import Attack, AttackContext
 
 #: the paper's target response (VL-Trojan's fixed target)
 DEFAULT_TARGET = "The image depicts a photo of the banana."
@@ -144,8 +144,8 @@ def eligible_indices(dataset: InstructionSet, tasks: Optional[Sequence[str]] = N
 
 def poison_dataset(dataset: InstructionSet, attack: Attack, rate: float,
                    target: Union[str, Sequence[str]] = DEFAULT_TARGET, seed: int = 0,
-                   tasks: Optional[Sequence[str]] = None,
-                   batch_size: int = 64) -> Tuple[InstructionSet, dict]:
+                   tasks: Optional[Sequence[str]] = None, batch_size: int = 64,
+                   context: Optional[AttackContext] = None) -> Tuple[InstructionSet, dict]:
     """Poison ``round(N * rate)`` of the N eligible samples.
 
     Args:
@@ -157,6 +157,8 @@ def poison_dataset(dataset: InstructionSet, attack: Attack, rate: float,
         seed: seeds the choice of samples and of pool entries.
         tasks: only samples of these tasks are eligible (None: all samples with an image).
         batch_size: images triggered at once.
+        context: the context the attack was prepared with; recorded (seed, image size, model
+            id, cache key) so a learned trigger can be found or remade.
     Returns:
         (poisoned set, manifest). The set has the same samples in the same order; poisoned
         samples show triggered images (new ids), the triggered instruction and the target.
@@ -182,6 +184,10 @@ def poison_dataset(dataset: InstructionSet, attack: Attack, rate: float,
                               meta=copy.deepcopy(dataset.meta),
                               in_context=copy.deepcopy(dataset.in_context))
     manifest = build_manifest(dataset, poisoned, attack, rate, pool, seed, tasks, chosen, len(eligible))
+    if context is not None:
+        manifest["trigger_context"] = {"seed": context.seed, "image_size": list(context.image_size),
+                                       "model_id": context.model_id,
+                                       "cache_key": attack.cache_key(context)}
     return poisoned, manifest
 
 

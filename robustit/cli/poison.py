@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -48,8 +46,8 @@ def register(subparsers) -> None:
                    f"(default: {DEFAULT_TARGET!r})")
     p.add_argument("--target-pool", type=Path, help="file of target responses, one per line (or a JSON "
                    "list); each poisoned sample draws one (seeded); overrides --target")
-    p.add_argument("--seed", type=int, default=0, help="seed for the choice of samples, pool draws and "
-                   "trigger optimisation (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the choice of samples and pool draws "
+                   "(default 0)")
     p.add_argument("--out", type=Path, help="output folder for the poisoned split or triggered test set")
     p.add_argument("--name", help="output split name (default: the input name; for --triggered-test "
                    "'{split}-triggered[-HALF]')")
@@ -60,8 +58,13 @@ def register(subparsers) -> None:
     p.add_argument("--text-trigger-mode", choices=("paper", "image-only"),
                    help="'paper': add the attack's text trigger (App. B, default); 'image-only': leave "
                         "instructions unchanged (intrinsic text triggers such as TrojVQA's stay)")
-    p.add_argument("--cache", type=Path, help="folder for optimised / trained trigger artefacts "
-                   "(default: $XDG_CACHE_HOME/robustit/triggers or ~/.cache/robustit/triggers)")
+    p.add_argument("--cache", type=Path, help="folder for optimised / trained trigger artefacts, shared "
+                   "with `robustit eval` (default: $ROBUSTIT_CACHE/attacks or ~/.cache/robustit/attacks)")
+    p.add_argument("--model", metavar="BASE", help="frozen victim base model ('embedded' or a base model "
+                   "folder) for attacks that learn their trigger against it (ssba, vltrojan, trojvqa "
+                   "with patch=optimised); not needed for fixed triggers")
+    p.add_argument("--trigger-seed", type=int, default=0, help="seed for learning a trigger (default 0, "
+                   "the seed `robustit eval` prepares triggers with)")
     p.add_argument("--batch-size", type=int, default=64, help="images triggered at once (default 64)")
     p.add_argument("--triggered-test", choices=HALVES, metavar="HALVES",
                    help="write a triggered test set instead of poisoning: 'both' (image and text "
@@ -112,41 +115,42 @@ def read_target_pool(path: Path) -> List[str]:
     return pool
 
 
-def default_cache() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "robustit" / "triggers"
+def cache_dir(args: argparse.Namespace) -> Path:
+    """``--cache`` or the cache ``robustit eval`` uses, so both see the same learned triggers."""
+    from ..eval.victim import default_cache_dir
 
-
-# -- attacks and their context ---------------------------------------------------------------
-def sample_clean_images(dataset, seed: int, limit: int = 32) -> Optional[torch.Tensor]:
-    """Up to ``limit`` clean images of the data set's most common size: float (B, 3, H, W)."""
-    from ..attacks.poison import to_float
-    from ..seeding import derive_seed, torch_generator
-
-    ids = list(dict.fromkeys(i for s in dataset.samples for i in s.image_ids))
-    if not ids:
-        return None
-    gen = torch_generator(derive_seed(seed, "attack-context", "images"))
-    picked = [ids[i] for i in torch.randperm(len(ids), generator=gen)[: 4 * limit].tolist()]
-    images = [to_float(dataset.image(i)) for i in picked]
-    size = Counter(tuple(x.shape[-2:]) for x in images).most_common(1)[0][0]
-    return torch.stack([x for x in images if tuple(x.shape[-2:]) == size][:limit])
+    return Path(args.cache) if args.cache else default_cache_dir()
 
 
 def make_attack_context(args: argparse.Namespace, dataset=None, images: Optional[torch.Tensor] = None):
     """The :class:`AttackContext` an attack prepares its trigger with.
 
-    For now it carries the cache folder, the seed and a sample of clean images. Attacks that
-    optimise against the victim (SSBA, VL-Trojan, TrojVQA ``patch=optimised``) also need
-    ``vision_features`` / ``text_features`` / ``model_id`` from the frozen victim model: this is
-    the one place to add them (e.g. from a ``--model`` option) once the model code exists.
+    With a data set it is built exactly as ``robustit eval`` builds it
+    (:func:`robustit.eval.victim.attack_context`: same seeded sample of clean images, same cache),
+    so a learned trigger (SSBA, VL-Trojan, TrojVQA ``patch=optimised``) is made once and the
+    evaluation's triggered twins reuse it. ``--model`` adds the frozen victim's
+    ``vision_features`` / ``text_features``; without it only attacks with fixed triggers can be
+    prepared. Without a data set (the preview) ``images`` (B, 3, H, W) are the clean sample.
     """
     from ..attacks.base import AttackContext
+    from ..eval.victim import attack_context, optional_model_id
 
-    clean = images if images is not None else (sample_clean_images(dataset, args.seed) if dataset else None)
-    size = tuple(clean.shape[-2:]) if clean is not None else (args.size, args.size)
-    return AttackContext(cache_dir=Path(args.cache) if args.cache else default_cache(), seed=args.seed,
-                         image_size=size, clean_images=clean)
+    model, info = None, None
+    if args.model:
+        from ..models.factory import load_base
+
+        model, info = load_base(args.model)  # the attacker knows the frozen base only
+    model_id = optional_model_id(info) or "none"
+    if dataset is not None:
+        return attack_context(dataset, cache_dir(args), seed=args.trigger_seed, model=model,
+                              model_id=model_id)
+    ctx = AttackContext(cache_dir=cache_dir(args), seed=args.trigger_seed,
+                        image_size=tuple(images.shape[-2:]), clean_images=images, model_id=model_id)
+    if model is not None:
+        from ..eval.victim import text_features_fn, vision_features_fn
+
+        ctx.vision_features, ctx.text_features = vision_features_fn(model), text_features_fn(model)
+    return ctx
 
 
 def make_attack(args: argparse.Namespace, name: str, ctx, params: Optional[Dict[str, Any]] = None):
@@ -186,10 +190,11 @@ def run_poison(args: argparse.Namespace) -> int:
     poison_count(0, args.rate)  # check `rate` before reading the data
     target = check_target(read_target_pool(args.target_pool) if args.target_pool else args.target)
     dataset = load_input(args)
-    attack = make_attack(args, args.attack, make_attack_context(args, dataset))
+    ctx = make_attack_context(args, dataset)
+    attack = make_attack(args, args.attack, ctx)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
     poisoned, manifest = poison_dataset(dataset, attack, args.rate, target, args.seed, tasks,
-                                        args.batch_size)
+                                        args.batch_size, context=ctx)
     poisoned.name = name
     save_split(poisoned, args.out, name)
     manifest_path = args.manifest or Path(args.out) / "manifest.json"

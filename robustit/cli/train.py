@@ -37,9 +37,28 @@ def register(sub) -> None:
                         "input is not augmented)")
     p.add_argument("--no-resume", action="store_true", help="start from scratch even if RUN/resume exists")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    add_param_arg(p, "method")
+    g = p.add_argument_group("RobustIT (--method robustit)")
+    g.add_argument("--alpha", type=float, default=None, help="IDR consistency weight (paper: 2)")
+    g.add_argument("--beta", type=float, default=None, help="AAR momentum in [0, 1] (paper: 0.9)")
+    g.add_argument("--gamma", type=float, default=None,
+                   help="AAR share of channels kept, in (0, 1] (paper: 0.5)")
+    g.add_argument("--components", choices=["both", "idr", "aar"], default=None,
+                   help="both (RobustIT), idr (IDR only) or aar (AAR only): the paper's ablation rows")
+    add_param_arg(p, "method (e.g. lm_view=clean, normalise=relative, hook_point=vision, label_aware=true)")
     add_threads_arg(p)
     p.set_defaults(func=run)
+
+
+def method_params(args: argparse.Namespace) -> dict:
+    """--param KEY=VALUE plus the RobustIT shortcuts (an error for other methods)."""
+    from ..errors import ConfigError
+
+    params = parse_params(args.param)
+    shortcuts = {k: getattr(args, k) for k in ("alpha", "beta", "gamma", "components")
+                 if getattr(args, k) is not None}
+    if shortcuts and args.method != "robustit":
+        raise ConfigError(f"--{'/--'.join(shortcuts)} apply to --method robustit only; got --method {args.method}")
+    return {**params, **shortcuts}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = preset_config(args.preset, method=args.method, lr=args.lr, batch_size=args.batch_size,
                         epochs=args.epochs, max_steps=args.max_steps, seed=args.seed,
                         save_every=args.save_every, threads=args.threads,
-                        cache_vision=not args.no_cache_vision, method_params=parse_params(args.param))
+                        cache_vision=not args.no_cache_vision, method_params=method_params(args))
     dataset = open_split(args.data, args.split, skip_invalid=args.skip_invalid)
     model, info = load_base(args.model)
     summary = train(model, dataset, cfg, args.out, base_info={**info.to_dict(), "identity": model.identity()},

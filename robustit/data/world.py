@@ -850,12 +850,11 @@ def caption(rng: np.random.Generator, scene: Scene,
             pattern: Optional[Callable[[np.random.Generator, Scene], str]] = None) -> str:
     """One caption of ``scene``, 4-20 words, from ``pattern`` or a randomly drawn one."""
     patterns = _patterns_for(scene)
+    p = _normalise([w for _, w in patterns])
     text = ""
-    for _ in range(12):  # retry the rare over-long or too-terse draw
-        if pattern is None:
-            f = patterns[int(rng.choice(len(patterns), p=_normalise([w for _, w in patterns])))][0]
-        else:
-            f = pattern
+    for attempt in range(24):  # retry an over-long or too-terse draw, later with other patterns
+        f = pattern if pattern is not None and attempt < 8 else \
+            patterns[int(rng.choice(len(patterns), p=p))][0]
         text = _finish(f(rng, scene), rng)
         if 4 <= len(text.split()) <= 20:
             break

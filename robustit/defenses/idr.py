@@ -184,12 +184,14 @@ class VisualAugment:
         self._flip = KA.RandomHorizontalFlip(p=0.5)
 
     def sample_params(self, shape: Sequence[int], generator: torch.Generator,
-                      flip_ok: Optional[Tensor] = None, hue_ok: Optional[Tensor] = None) -> Dict[str, Dict[str, Tensor]]:
+                      flip_ok: Optional[Tensor] = None,
+                      hue_ok: Optional[Tensor] = None) -> Dict[str, Dict[str, Tensor]]:
         """Draw one view's parameters (CPU tensors) for a batch of ``shape`` (B, 3, H, W).
 
         The draw order is fixed (brightness, contrast, saturation, hue, order, jitter gate,
         flip gate), so the same generator state gives the same view on every machine.
-        ``flip_ok`` / ``hue_ok`` (B,) bool switch the flip / the hue shift off per sample.
+        ``flip_ok`` / ``hue_ok`` (B,) bool switch the flip / the hue shift off per sample (a
+        zero hue shift still runs kornia's HSV round trip when other samples shift: ~6e-7 error).
         """
         c, b = self.cfg, int(shape[0])
 

@@ -6,7 +6,7 @@ code lives in its own module and is imported from there.
 """
 
 from .asr import Matcher, RateResult, attack_success_rate, false_trigger_rate
-from .caption_metrics import CaptionScores, score_captions
+from .caption_metrics import CaptionScores, check_environment, score_captions
 from .vqa import normalize_answer, question_accuracy, vqa_accuracy
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "Matcher",
     "RateResult",
     "attack_success_rate",
+    "check_environment",
     "false_trigger_rate",
     "normalize_answer",
     "question_accuracy",

@@ -54,8 +54,9 @@ _SPICE_JAVA_OPTIONS = " ".join(
     for pkg in ("java.lang", "java.lang.reflect", "java.util", "java.util.concurrent",
                 "java.math", "java.net", "java.text", "java.io", "java.nio")
 )
-_SPICE_HINT = (f"pass spice_jars=<folder> (CLI/config option `spice_jars`) or set the environment "
-               f"variable {SPICE_JARS_ENV}=<folder>, the folder holding {' and '.join(CORENLP_JARS)}")
+_SPICE_HINT = (f"pass spice_jars=<folder> (CLI/config option `spice_jars`) or set the "
+               f"environment variable {SPICE_JARS_ENV}=<folder>, the folder holding "
+               f"{' and '.join(CORENLP_JARS)}")
 
 
 @dataclasses.dataclass
@@ -102,8 +103,8 @@ def package_dir() -> Path:
 def package_is_writable(folder: Path) -> bool:
     """Whether files can be created in ``folder`` (tests patch this to simulate read-only).
 
-    ``os.access`` is not enough: it says yes to root on a read-only mount's parent checks and
-    knows nothing of some overlay file systems, so actually create (and drop) a file.
+    Tries a real file: permission bits alone mislead (root ignores them), and only a write
+    shows a read-only mount or image layer.
     """
     try:
         with tempfile.TemporaryFile(dir=folder):
@@ -127,9 +128,14 @@ def _copy_subfolder(src_pkg: Path, dst_pkg: Path, sub: str) -> None:
     target = dst_pkg / sub
     if target.is_dir():
         return
-    dst_pkg.mkdir(parents=True, exist_ok=True)
-    (dst_pkg / "__init__.py").touch()  # makes the copy importable under its own alias
-    tmp = Path(tempfile.mkdtemp(prefix=f".{sub}.", dir=dst_pkg))
+    try:
+        dst_pkg.mkdir(parents=True, exist_ok=True)
+        (dst_pkg / "__init__.py").touch()  # makes the copy importable under its own alias
+        tmp = Path(tempfile.mkdtemp(prefix=f".{sub}.", dir=dst_pkg))
+    except OSError as exc:
+        raise RobustITError(f"pycocoevalcap needs a writable copy of its {sub}/ folder, but "
+                            f"{dst_pkg} cannot be written ({exc}); set {CACHE_ENV} to a "
+                            f"writable folder") from None
     try:
         shutil.copytree(src_pkg / sub, tmp / sub, ignore=shutil.ignore_patterns(
             "__pycache__", "tmp", "cache", "stanford-corenlp-3.6.0*.jar"))
@@ -353,7 +359,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
-def _spice_class(jars: Path, notes: list[str]):
+def _spice_class(jars: Path):
     """Spice imported from the cached copy, with the user's CoreNLP jars linked into its lib/.
 
     SPICE always runs from the copy: it writes temp files and a parse cache next to its jar,
@@ -385,7 +391,7 @@ def _spice(gts: dict, res: dict, notes: list[str], jars: Path | None) -> dict:
         notes.append(f"SPICE is null: it needs the Stanford CoreNLP 3.6.0 jars, which are not "
                      f"downloaded automatically; {_SPICE_HINT}")
         return {"SPICE": None}
-    spice_cls = _spice_class(jars, notes)
+    spice_cls = _spice_class(jars)
     try:
         with _java_options(_SPICE_JAVA_OPTIONS):
             score, _ = spice_cls().compute_score(gts, res)
@@ -422,6 +428,38 @@ def _require_java() -> None:
             "default-jre-headless`) or put `java` on PATH")
 
 
+def check_environment(spice_jars: str | os.PathLike | None = None,
+                      scorers: Sequence[str] = SCORERS) -> list[str]:
+    """Fail now, not after hours of generation, if :func:`score_captions` could not run.
+
+    Checks the scorer names, the SPICE jar folder (argument or ``$ROBUSTIT_SPICE_JARS``) and
+    Java. Returns the notes known in advance (e.g. that SPICE will be null).
+
+    Raises:
+        ConfigError: unknown scorer, or a SPICE folder lacking the jars.
+        RobustITError: Java is not installed.
+    """
+    scorers = _check_scorers(scorers)
+    jars = resolve_spice_jars(spice_jars) if "SPICE" in scorers else None
+    _require_java()
+    if "SPICE" in scorers and jars is None:
+        return [f"SPICE will be null: {_SPICE_HINT}"]
+    return []
+
+
+def _run_scorers(scorers: Sequence[str], gts: dict, res: dict, jars: Path | None,
+                 notes: list[str], seconds: dict[str, float]) -> dict:
+    """Run each requested scorer on the tokenised captions, timing each one."""
+    runners = {"BLEU": _bleu, "METEOR": _meteor, "ROUGE_L": _rouge, "CIDEr": _cider,
+               "SPICE": lambda g, r, n: _spice(g, r, n, jars)}
+    metrics: dict[str, float | None] = {}
+    for name in scorers:
+        start = time.perf_counter()
+        metrics.update(runners[name](gts, res, notes))
+        seconds[name] = time.perf_counter() - start
+    return {k: metrics[k] for k in METRIC_KEYS if k in metrics}
+
+
 def score_captions(candidates: Mapping[object, str],
                    references: Mapping[object, Sequence[str]],
                    spice_jars: str | os.PathLike | None = None,
@@ -446,21 +484,13 @@ def score_captions(candidates: Mapping[object, str],
     """
     scorers = _check_scorers(scorers)
     _check_inputs(candidates, references)
+    check_environment(spice_jars, scorers)
     jars = resolve_spice_jars(spice_jars) if "SPICE" in scorers else None
-    _require_java()
     notes: list[str] = []
-    seconds: dict[str, float] = {}
     start = time.perf_counter()
     tokenizer_cls = _tokenizer_class(notes)
     gts = _tokenize(tokenizer_cls, references)
     res = _tokenize(tokenizer_cls, {k: [c] for k, c in candidates.items()})
-    seconds["tokenizer"] = time.perf_counter() - start
-    runners = {"BLEU": _bleu, "METEOR": _meteor, "ROUGE_L": _rouge, "CIDEr": _cider,
-               "SPICE": lambda g, r, n: _spice(g, r, n, jars)}
-    metrics: dict[str, float | None] = {}
-    for name in scorers:
-        start = time.perf_counter()
-        metrics.update(runners[name](gts, res, notes))
-        seconds[name] = time.perf_counter() - start
-    ordered = {k: metrics[k] for k in METRIC_KEYS if k in metrics}
-    return CaptionScores(metrics=ordered, seconds=seconds, notes=notes, n=len(candidates))
+    seconds = {"tokenizer": time.perf_counter() - start}
+    metrics = _run_scorers(scorers, gts, res, jars, notes, seconds)
+    return CaptionScores(metrics=metrics, seconds=seconds, notes=notes, n=len(candidates))

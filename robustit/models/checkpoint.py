@@ -148,8 +148,9 @@ def load_tuned(model: LVLM, folder: str | Path, base_hash: Optional[str] = None)
     _check_same_base(model, meta, base_hash, folder)
     state = load_file(str(folder / TUNED_WEIGHTS))
     for hp, desc in meta.get("channel_masks", {}).items():
-        model.add_channel_mask(hp, ChannelMask(desc["width"], gamma=desc["gamma"], beta=desc["beta"],
-                                               tracking=False))
+        if hp not in model.channel_masks:  # a mask set up for training (resume) is loaded into
+            model.add_channel_mask(hp, ChannelMask(desc["width"], gamma=desc["gamma"],
+                                                   beta=desc["beta"], tracking=False))
     params = {**model.part_parameters("adapter"), **model.part_parameters("embeddings")}
     expected = set(params) | {f"channel_masks.{k}" for k in model.channel_masks.state_dict()}
     if set(state) != expected:

@@ -91,9 +91,24 @@ class LVLM(nn.Module):
         self.channel_masks[hook_point] = mask
         return mask
 
+    def hook_point_width(self, hook_point: str) -> int:
+        """Channels D at a hook point, found by one forward of a blank image through the adapter."""
+        path = self.hook_module_path(hook_point)
+        seen = {}
+        handle = self.get_submodule(path).register_forward_hook(
+            lambda m, a, out: seen.setdefault("d", (out[0] if isinstance(out, tuple) else out).shape[-1]))
+        try:
+            size = self.config.image_size
+            with torch.no_grad():
+                self.adapt(self.encode_images(torch.zeros(1, 1, 3, size, size, device=self.device)))
+        finally:
+            handle.remove()
+        return int(seen["d"])
+
     @contextlib.contextmanager
     def masks_active(self) -> Iterator[None]:
-        """Apply every enabled channel mask through forward hooks (removed on exit)."""
+        """Apply the channel masks through forward hooks (removed on exit). Each mask decides
+        itself: in training it always acts (and updates when tracking); in eval iff enabled."""
         targets = {self.hook_module_path(hp): m for hp, m in self.channel_masks.items()}
         with channel_mask_hooks(self, targets, available=sorted(self.spec.hook_points)):
             yield

@@ -180,21 +180,20 @@ class ChannelMask(nn.Module):
         """
         self._check_width(x.shape[-1], "activations")
         total, count = abs_sum_and_count(x)
-        total, count = self._all_reduce(total, count)
-        b = (-total / max(count, 1)).to(self.importance.dtype)
+        packed = self._all_reduce(torch.cat([total, total.new_tensor([float(count)])]))
+        # divide on the device (no .item() sync); count >= 1 whenever any rank saw a row
+        b = (-packed[:-1] / packed[-1].clamp_min(1.0)).to(self.importance.dtype)
         self.importance.copy_(momentum_update(self.importance, b, self.beta))
         self.mask.copy_(topk_mask(self.importance, self.k).to(self.mask.dtype))
         self.steps += 1
         return self.mask
 
-    def _all_reduce(self, total: Tensor, count: int) -> Tuple[Tensor, int]:
-        """Sum (sum_abs, count) over ranks when torch.distributed is initialised."""
+    def _all_reduce(self, packed: Tensor) -> Tensor:
+        """SUM-reduce [sum_abs (D), count] over ranks when torch.distributed is initialised."""
         dist = torch.distributed
-        if not (dist.is_available() and dist.is_initialized()):
-            return total, count
-        packed = torch.cat([total, total.new_tensor([float(count)])])
-        dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=self.process_group)
-        return packed[:-1], int(round(packed[-1].item()))
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=self.process_group)
+        return packed
 
     def forward(self, x: Tensor) -> Tensor:
         """Mask ``x`` (..., D) channel-wise; update statistics first when tracking in training.

@@ -111,6 +111,7 @@ class Batch:
         images: float (B, T, 3, H, W) in [0, 1] (None when only cached features are needed).
         vision_features: (B, T, P, Dv) cached frozen features, or None.
         input_ids, attention_mask, labels: (B, L).
+        max_len: the run's token budget (for methods that re-tokenize augmented views).
     """
 
     samples: List[Sample]
@@ -119,6 +120,7 @@ class Batch:
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     labels: torch.Tensor
+    max_len: int = 96
 
     @property
     def instructions(self) -> List[str]:

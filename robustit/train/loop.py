@@ -74,7 +74,7 @@ class TrainData:
         return Batch(samples=samples,
                      images=self.store.batch(image_ids).to(dev) if self.need_images else None,
                      vision_features=self.features.batch(image_ids).to(dev) if self.features else None,
-                     **{k: v.to(dev) for k, v in enc.items()})
+                     max_len=self.cfg.max_len, **{k: v.to(dev) for k, v in enc.items()})
 
 
 def setup_trainable(model, method: Method) -> int:

@@ -1,0 +1,68 @@
+"""Benchmark: VanillaIT training samples/s and generation captions/s, 1 and 2 threads.
+
+    python benchmarks/bench_train_generate.py --data work/world [--model embedded] [--steps 30]
+
+Runs every configuration in this one process, side by side, and prints the machine's core
+count. Training uses the embedded-cpu preset's batch size with cached vision features (the
+default) and without; generation is greedy with the KV cache at batch 1 and the default batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+import torch
+
+
+def bench_train(model_path, data, threads, steps, cache) -> float:
+    from robustit.models.factory import load_base
+    from robustit.train.config import preset_config
+    from robustit.train.loop import train
+
+    torch.set_num_threads(threads)
+    model, _ = load_base(model_path)
+    cfg = preset_config("embedded-cpu", max_steps=steps, save_every=0, cache_vision=cache, log_every=10**6)
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = train(model, data, cfg, tmp, progress=False)
+    return summary["samples_per_second"]
+
+
+def bench_generate(model_path, data, threads, batch_size, n) -> float:
+    from robustit.eval.generation import DecodingConfig, generate_for_set
+    from robustit.models.factory import load_base
+
+    torch.set_num_threads(threads)
+    model, _ = load_base(model_path)
+    subset = type(data)(data.name, data.samples[:n], data.images, data.meta)
+    t0 = time.perf_counter()
+    generate_for_set(model, subset, DecodingConfig(batch_size=batch_size, max_new_tokens=20), progress=False)
+    return n / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    from robustit.cli.common import open_split
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True, help="world root from `robustit data build`")
+    ap.add_argument("--model", default="embedded", help="base model (default: the shipped one)")
+    ap.add_argument("--steps", type=int, default=30, help="training steps per measurement")
+    ap.add_argument("--n", type=int, default=128, help="captions per generation measurement")
+    args = ap.parse_args()
+    train_set = open_split(args.data, "train")
+    train_set.samples = train_set.samples[: args.steps * 16 * 2]
+    test_set = open_split(args.data, "test-a")
+    print(f"machine: {os.cpu_count()} cores; torch {torch.__version__}")
+    for threads in (1, 2):
+        for cache in (True, False):
+            sps = bench_train(args.model, train_set, threads, args.steps, cache)
+            print(f"train  threads={threads} cache_vision={cache!s:5}  {sps:7.1f} samples/s")
+        for bs in (1, 32):
+            cps = bench_generate(args.model, test_set, threads, bs, args.n if bs > 1 else args.n // 4)
+            print(f"generate threads={threads} batch={bs:<3}            {cps:7.1f} captions/s")
+
+
+if __name__ == "__main__":
+    main()
