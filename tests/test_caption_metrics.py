@@ -18,7 +18,7 @@ from robustit.errors import ConfigError, DataError, RobustITError
 from robustit.eval import caption_metrics as cm
 from robustit.eval.caption_metrics import score_captions
 
-pytestmark = pytest.mark.skipif(shutil.which("java") is None, reason="needs Java")
+needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="needs Java on PATH")
 
 REFS = {
     "1": ["A dog runs on the grass.", "a brown dog running across a lawn", "Dog playing."],
@@ -68,6 +68,7 @@ def scored():
     return direct, ours, starts, shared
 
 
+@needs_java
 def test_all_metrics_match_direct_pycocoevalcap(scored):
     direct, ours, _, _ = scored
     assert ours.n == 5
@@ -79,6 +80,7 @@ def test_all_metrics_match_direct_pycocoevalcap(scored):
     assert ours.metrics["CIDEr"] > 10
 
 
+@needs_java
 def test_meteor_started_once_and_closed(scored):
     _, ours, starts, shared = scored
     assert starts == [1]
@@ -86,6 +88,7 @@ def test_meteor_started_once_and_closed(scored):
     assert set(ours.seconds) == {"tokenizer", "BLEU", "METEOR", "ROUGE_L", "CIDEr", "SPICE"}
 
 
+@needs_java
 def test_spice_is_none_with_a_note_when_jars_absent(scored):
     _, ours, _, _ = scored
     assert ours.metrics["SPICE"] is None
@@ -95,6 +98,7 @@ def test_spice_is_none_with_a_note_when_jars_absent(scored):
     assert ours.to_dict()["metrics"]["SPICE"] is None
 
 
+@needs_java
 def test_all_empty_candidates_score_zero():
     cands = {k: "" for k in REFS}
     ours = score_captions(cands, REFS, scorers=NO_METEOR)
@@ -102,6 +106,7 @@ def test_all_empty_candidates_score_zero():
     assert set(ours.metrics) == {"BLEU_1", "BLEU_2", "BLEU_3", "BLEU_4", "ROUGE_L", "CIDEr"}
 
 
+@needs_java
 def test_line_breaks_inside_a_caption_do_not_shift_later_captions():
     broken = dict(CANDS, **{"1": "a dog running\ron the\u2028grass"})
     ours = score_captions(broken, REFS, scorers=NO_METEOR)
@@ -143,6 +148,7 @@ def test_missing_java_is_a_clear_error(monkeypatch):
         cm.check_environment(scorers=("BLEU",))
 
 
+@needs_java
 def test_check_environment_predicts_a_null_spice(monkeypatch):
     monkeypatch.delenv(cm.SPICE_JARS_ENV, raising=False)
     assert cm.check_environment(scorers=("BLEU",)) == []
@@ -150,6 +156,7 @@ def test_check_environment_predicts_a_null_spice(monkeypatch):
     assert "SPICE will be null" in note and cm.SPICE_JARS_ENV in note
 
 
+@needs_java
 def test_read_only_package_runs_from_an_identical_copy(tmp_path, monkeypatch):
     expected = score_captions(CANDS, REFS, scorers=NO_METEOR).metrics
     ro_pkg = tmp_path / "site" / "pycocoevalcap"
@@ -195,6 +202,7 @@ def test_spice_jars_folder_without_the_jars_is_a_config_error(tmp_path, monkeypa
         score_captions(CANDS, REFS, scorers=("BLEU", "SPICE"))
 
 
+@needs_java
 def test_spice_links_user_jars_into_the_cached_copy(tmp_path, monkeypatch):
     """Fake (empty) jars: SPICE's Java fails, so SPICE is None with a note, never invented."""
     jars = tmp_path / "corenlp"
@@ -214,6 +222,7 @@ def test_spice_links_user_jars_into_the_cached_copy(tmp_path, monkeypatch):
     assert ours.metrics["BLEU_1"] > 0
 
 
+@needs_java
 def test_meteor_session_closes_its_jvm():
     with cm.meteor_session() as meteor:
         proc = meteor.meteor_p

@@ -19,7 +19,7 @@ from ..data.records import InstructionSet
 from ..errors import ConfigError, DataError
 from ..io import provenance
 from .asr import Matcher, attack_success_rate, false_trigger_rate
-from .caption_metrics import score_captions
+from .caption_metrics import check_environment, score_captions
 from .generation import DecodingConfig, generate_for_set
 from .vqa import vqa_accuracy
 
@@ -56,11 +56,7 @@ class EvalConfig:
             raise ConfigError(f"`halves` must be among {list(HALVES)}; got {bad}")
 
     def build_matcher(self) -> Matcher:
-        if self.matcher == "keyword":
-            return Matcher.from_target(self.target, mode="keyword", keyword=self.pattern)
-        if self.matcher == "regex":
-            return Matcher(mode="regex", pattern=self.pattern or "", target=self.target)
-        return Matcher.from_target(self.target, mode=self.matcher)
+        return Matcher.from_target(self.target, mode=self.matcher, keyword=self.pattern)
 
 
 def check_ground_truth(dataset: InstructionSet) -> str:
@@ -101,6 +97,8 @@ def evaluate(model, dataset: InstructionSet, cfg: EvalConfig, attacks: Sequence[
              identity: Optional[dict] = None) -> Tuple[dict, List[dict]]:
     """Run one evaluation. Returns (result, generation rows); nothing is written here."""
     task = check_ground_truth(dataset)
+    if task == "caption":
+        check_environment(cfg.spice_jars, cfg.scorers)  # Java, scorer names, SPICE jars: fail now
     matcher = cfg.build_matcher()
     preflight_attacks(dataset, attacks)
     t0 = time.perf_counter()
