@@ -285,3 +285,28 @@ def test_build_world_writes_splits_gt_and_is_idempotent(tmp_path):
                     progress=False)
     forced = build_world(tmp_path, cfg, progress=False, force=True)
     assert "reused" not in forced
+
+
+def test_cli_data_build_show_check(tmp_path, capsys):
+    import argparse
+
+    from robustit.cli import data as data_cli
+
+    parser = argparse.ArgumentParser()
+    data_cli.register(parser.add_subparsers(dest="verb"))
+
+    def run(*argv):
+        args = parser.parse_args(["data", *argv])
+        return args.func(args)
+
+    out = str(tmp_path / "w")
+    assert run("build", "--out", out, "--seed", "2", "--pretrain", "5", "--train", "8", "--val",
+               "2", "--test", "4", "--test-vqa", "4", "--quiet", "--workers", "1") == 0
+    assert "test-a-vqa:" in capsys.readouterr().out
+    assert run("show", "--data", out, "--split", "test-a", "--n", "2") == 0
+    shown = capsys.readouterr().out
+    assert shown.count("reference:") == 10 and "[test-a-000001]" in shown
+    assert run("check", "--data", out + "/train", "--split", "train", "--skip-invalid") == 0
+    assert "train: 8 valid samples, 8 images" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="image_size"):
+        run("build", "--out", out, "--image-size", "8")

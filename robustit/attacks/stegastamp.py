@@ -60,7 +60,11 @@ class StegaStampConfig:
         lr: Adam learning rate (cosine-annealed to 5 % of it).
         image_weight: weight of the pixel MSE once fully ramped.
         edge_weight: weight of the Sobel-edge MSE (a cheap perceptual proxy) once ramped.
-        ramp_fraction: fraction of the steps over which the image losses ramp from 0 to full.
+        mask_weight: weight of the texture-masked MSE (:func:`texture_mask`) once ramped.
+        warmup_fraction: fraction of the steps with the secret loss only (and no 8-bit rounding):
+            the encoder first learns to hide, then to hide invisibly.
+        ramp_fraction: fraction of the steps, after the warm-up, over which the image losses ramp
+            linearly from 0 to full weight.
         quantise: train through straight-through 8-bit rounding of the encoded image.
     """
 
@@ -74,7 +78,9 @@ class StegaStampConfig:
     lr: float = 2e-3
     image_weight: float = 60.0
     edge_weight: float = 10.0
-    ramp_fraction: float = 0.5
+    mask_weight: float = 0.0
+    warmup_fraction: float = 0.2
+    ramp_fraction: float = 0.4
     quantise: bool = True
 
     def __post_init__(self) -> None:
@@ -85,6 +91,8 @@ class StegaStampConfig:
         check_range("lr", self.lr, lo=0, lo_open=True)
         check_range("image_weight", self.image_weight, lo=0)
         check_range("edge_weight", self.edge_weight, lo=0)
+        check_range("mask_weight", self.mask_weight, lo=0)
+        check_range("warmup_fraction", self.warmup_fraction, lo=0, hi=1)
         check_range("ramp_fraction", self.ramp_fraction, lo=0, hi=1)
 
 
@@ -198,6 +206,21 @@ def sobel(images: Tensor) -> Tensor:
     return F.conv2d(F.pad(images, (1, 1, 1, 1), mode="replicate"), k, groups=images.shape[1])
 
 
+def texture_mask(images: Tensor, window: int = 5, floor: float = 0.02) -> Tensor:
+    """Contrast-masking weights (B,1,H,W), mean 1 per image: high where the image is flat.
+
+    ``1 / (local std of the grey image over a window + floor)``; a residual hidden in texture is
+    less visible than one on a flat area, so penalising it by this weight makes the residual
+    follow the image content (sample-specific), a cheap stand-in for LPIPS.
+    """
+    g = images.mean(1, keepdim=True)
+    pad = (window // 2,) * 4
+    mu = F.avg_pool2d(F.pad(g, pad, mode="replicate"), window, stride=1)
+    var = F.avg_pool2d(F.pad(g * g, pad, mode="replicate"), window, stride=1) - mu * mu
+    m = 1.0 / (var.clamp_min(0).sqrt() + floor)
+    return m / m.mean(dim=(2, 3), keepdim=True)
+
+
 def psnr(a: Tensor, b: Tensor) -> Tensor:
     """Per-image PSNR in dB of two (B,3,H,W) batches in [0,1] -> (B,)."""
     mse = (a - b).pow(2).flatten(1).mean(1).clamp_min(1e-12)
@@ -210,16 +233,36 @@ def random_secrets(n: int, bits: int, generator: torch.Generator) -> Tensor:
 
 
 # -- training ----------------------------------------------------------------------------------
-def _losses(enc: StegaEncoder, dec: StegaDecoder, x: Tensor, s: Tensor, cfg: StegaStampConfig
-            ) -> Tuple[Tensor, Tensor, Tensor]:
-    """(secret BCE, pixel MSE, edge MSE) of one batch x (B,3,H,W), s (B,L)."""
+def _losses(enc: StegaEncoder, dec: StegaDecoder, x: Tensor, s: Tensor, cfg: StegaStampConfig,
+            quantise: bool) -> Dict[str, Tensor]:
+    """Losses of one batch x (B,3,H,W), s (B,L): ``bce``, ``mse``, ``edge``, ``bit_acc``."""
     y = encode(enc, x, s)
-    if cfg.quantise:
+    if quantise:
         y = _quantise_st(y)
-    bce = F.binary_cross_entropy_with_logits(dec(y), s)
+    logits = dec(y)
     mse = (y - x).pow(2).mean()
     edge = (sobel(y) - sobel(x)).pow(2).mean() if cfg.edge_weight > 0 else mse.new_zeros(())
-    return bce, mse, edge
+    masked = ((y - x).pow(2) * texture_mask(x)).mean() if cfg.mask_weight > 0 else mse.new_zeros(())
+    return {"bce": F.binary_cross_entropy_with_logits(logits, s), "mse": mse, "edge": edge,
+            "masked": masked,
+            "bit_acc": ((logits.detach() > 0) == s.bool()).float().mean()}
+
+
+def image_loss_weight(step: int, cfg: StegaStampConfig) -> float:
+    """The ramp ``w(t)``: 0 during the warm-up, then linear to 1 over ``ramp_fraction``."""
+    warm = int(cfg.warmup_fraction * cfg.train_steps)
+    ramp = max(1, int(cfg.ramp_fraction * cfg.train_steps))
+    return min(1.0, max(0.0, (step - warm) / ramp)) if step >= warm else 0.0
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator):
+    """Endless index batches (B,) over shuffled epochs of ``range(n)``."""
+    while True:
+        order = torch.randperm(n, generator=generator)
+        for i in range(0, n - batch_size + 1, batch_size):
+            yield order[i:i + batch_size]
+        if n < batch_size:
+            yield order
 
 
 def _check_images(images: Tensor, name: str = "images") -> None:
@@ -233,60 +276,53 @@ def _check_images(images: Tensor, name: str = "images") -> None:
 
 def train_stegastamp(images: Tensor, cfg: StegaStampConfig, generator: torch.Generator,
                      progress: bool = True) -> Tuple[StegaEncoder, StegaDecoder, Dict]:
-    """Train the encoder/decoder on clean images with random secrets.
+    """Train the encoder/decoder on clean images with a fresh random secret per image.
 
     Args:
-        images: clean float (N,3,H,W) in [0,1] (all the same size; the nets train at it).
+        images: clean float (N,3,H,W) in [0,1] (one size; the nets train at it).
         cfg: architecture and budget.
         generator: seeds initialisation, batch order and secrets.
         progress: show a tqdm bar.
     Returns:
-        ``(encoder, decoder, stats)`` in eval mode; stats holds ``train_seconds``, ``steps`` and
-        the last-100-step means of ``bce``, ``psnr``, ``bit_acc`` (random secrets).
+        ``(encoder, decoder, stats)`` in eval mode. ``stats``: ``train_seconds``, ``steps``,
+        ``train_images``, ``image_size``, the means over the last 10 % of steps of ``bce``,
+        ``psnr`` and ``bit_acc`` (random secrets, 8-bit images), and ``history`` (every 50 steps).
     """
     from tqdm.auto import tqdm
 
     _check_images(images)
     images = images.detach().float().cpu()
     enc, dec = build_stegastamp(cfg, generator)
-    params = list(enc.parameters()) + list(dec.parameters())
-    opt = torch.optim.Adam(params, lr=cfg.lr)
+    opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.train_steps, eta_min=cfg.lr * 0.05)
-    ramp = max(1, int(cfg.ramp_fraction * cfg.train_steps))
-    tail: Dict[str, list] = {"bce": [], "psnr": [], "bit_acc": []}
-    order, pos, t0 = torch.randperm(len(images), generator=generator), 0, time.perf_counter()
-    bar = tqdm(range(cfg.train_steps), desc="stegastamp", disable=not progress, leave=False)
-    for step in bar:
-        if pos + cfg.batch_size > len(order):
-            order, pos = torch.randperm(len(images), generator=generator), 0
-        x = images[order[pos:pos + cfg.batch_size]]
-        pos += cfg.batch_size
-        s = random_secrets(len(x), cfg.secret_bits, generator)
-        bce, mse, edge = _losses(enc, dec, x, s, cfg)
-        w = min(1.0, step / ramp)
-        loss = bce + w * (cfg.image_weight * mse + cfg.edge_weight * edge)
+    batches, log, t0 = _batches(len(images), cfg.batch_size, generator), [], time.perf_counter()
+    for step in tqdm(range(cfg.train_steps), desc="stegastamp", disable=not progress, leave=False):
+        x = images[next(batches)]
+        w = image_loss_weight(step, cfg)
+        out = _losses(enc, dec, x, random_secrets(len(x), cfg.secret_bits, generator), cfg,
+                      quantise=cfg.quantise and step >= int(cfg.warmup_fraction * cfg.train_steps))
+        loss = out["bce"] + w * (cfg.image_weight * out["mse"] + cfg.edge_weight * out["edge"]
+                                 + cfg.mask_weight * out["masked"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        _track(tail, enc, dec, x, s, bce, mse, cfg.train_steps - step <= 100)
-        if step % 50 == 0:
-            bar.set_postfix(bce=f"{bce.item():.3f}", psnr=f"{10 * math.log10(1 / max(mse.item(), 1e-12)):.1f}")
-    stats = {k: float(sum(v) / max(1, len(v))) for k, v in tail.items()}
-    stats.update(train_seconds=round(time.perf_counter() - t0, 2), steps=cfg.train_steps,
-                 train_images=len(images), image_size=list(images.shape[2:]))
-    return enc.eval(), dec.eval(), stats
+        log.append((out["bce"].item(), _psnr_of_mse(out["mse"].item()), out["bit_acc"].item()))
+    return enc.eval(), dec.eval(), _train_stats(log, images, time.perf_counter() - t0)
 
 
-def _track(tail: Dict[str, list], enc, dec, x, s, bce: Tensor, mse: Tensor, on: bool) -> None:
-    """Record the statistics of the last steps (cheap: reuses the batch losses)."""
-    if not on:
-        return
-    tail["bce"].append(bce.item())
-    tail["psnr"].append(10 * math.log10(1 / max(mse.item(), 1e-12)))
-    with torch.no_grad():
-        pred = dec(torch.round(encode(enc, x, s) * 255) / 255) > 0
-    tail["bit_acc"].append((pred == s.bool()).float().mean().item())
+def _psnr_of_mse(mse: float) -> float:
+    return 10.0 * math.log10(1.0 / max(mse, 1e-12))
+
+
+def _train_stats(log: list, images: Tensor, seconds: float) -> Dict:
+    """Summary of the per-step ``(bce, psnr, bit_acc)`` log."""
+    tail = log[-max(1, len(log) // 10):]
+    mean = lambda i: float(sum(r[i] for r in tail) / len(tail))  # noqa: E731
+    return {"bce": mean(0), "psnr": mean(1), "bit_acc": mean(2), "train_seconds": round(seconds, 2),
+            "steps": len(log), "train_images": len(images), "image_size": list(images.shape[2:]),
+            "history": [[i, round(r[0], 4), round(r[1], 2), round(r[2], 4)]
+                        for i, r in enumerate(log) if i % 50 == 0 or i == len(log) - 1]}
 
 
 @torch.no_grad()

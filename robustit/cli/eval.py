@@ -80,9 +80,11 @@ def run(args: argparse.Namespace) -> int:
     if args.n:
         dataset.samples = dataset.samples[: args.n]
     model, info, tuned_meta = load_model(args.model, tuned_folder(args.tuned))
-    attacks, target = _attacks(args, parse_params(args.param))
+    specs, target = _attacks(args, parse_params(args.param))
+    attacks = [a for a, _ in specs]
     support = open_split(args.data, args.support) if (args.shots or attacks) else None
-    _prepare(attacks, support, args)
+    if specs:
+        _prepare(specs, support, args)
     cfg = EvalConfig(decoding=DecodingConfig(max_new_tokens=args.max_new_tokens, num_beams=args.beams,
                                              batch_size=args.batch_size, shots=args.shots, seed=args.seed),
                      target=args.target or target or DEFAULT_TARGET, matcher=args.matcher,
@@ -102,26 +104,44 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _attacks(args, params):
+    """[(attack, trigger context spec)], target. A manifest pins the trigger's seed and victim."""
     from ..attacks import build_attack
 
-    attacks, target = [build_attack(name, params) for name in args.attack], None
+    specs, target = [(build_attack(name, params), {"seed": 0, "victim": True}) for name in args.attack], None
     for path in args.manifest:
-        man = json.loads(Path(path).read_text())
-        attacks.append(build_attack(man["attack"]["name"], man["attack"]["config"]))
+        man = _read_manifest(path)
+        ctx = man.get("trigger_context") or {}
+        victim = ctx.get("model_id", "none") not in (None, "none")
+        specs.append((build_attack(man["attack"]["name"], man["attack"]["config"]),
+                      {"seed": ctx.get("seed", 0), "victim": victim}))
         target = target or man.get("target")
-    return attacks, target
+    return specs, target
 
 
-def _prepare(attacks, support, args) -> None:
+def _read_manifest(path: str) -> dict:
+    from ..errors import ConfigError
+
+    try:
+        man = json.loads(Path(path).read_text())
+        man["attack"]["name"], man["attack"]["config"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ConfigError(f"--manifest {path}: not a readable poisoning manifest ({type(exc).__name__}); "
+                          f"give the manifest.json written by `robustit poison`") from None
+    return man
+
+
+def _prepare(specs, support, args) -> None:
+    """Prepare each trigger exactly as `robustit poison` did (same images, seed, victim, cache)."""
     from ..eval.victim import attack_context, default_cache_dir, optional_model_id
     from ..models.factory import load_base
 
-    if not attacks:
-        return
-    base, info = load_base(args.model)  # the attacker knows the frozen base, not the tuned model
-    ctx = attack_context(support, args.cache or default_cache_dir(), seed=0, model=base,
-                         model_id=optional_model_id(info))
-    for attack in attacks:
+    base = info = None
+    for attack, spec in specs:
+        if spec["victim"] and base is None:
+            base, info = load_base(args.model)  # the attacker knows the frozen base only
+        model = base if spec["victim"] else None
+        ctx = attack_context(support, args.cache or default_cache_dir(), seed=spec["seed"], model=model,
+                             model_id=optional_model_id(info) if model is not None else "none")
         attack.prepare(ctx)
 
 

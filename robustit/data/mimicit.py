@@ -56,9 +56,13 @@ def _check_name(name: str) -> None:
 
 
 def _available_splits(folder: Path) -> List[str]:
+    """Split names in ``folder`` and, as ``sub/NAME``, in its subfolders (a data root)."""
     if not folder.is_dir():
         return []
-    return sorted(p.name[: -len("_instructions.json")] for p in folder.glob("*_instructions.json"))
+    found = [p.relative_to(folder).as_posix()[: -len("_instructions.json")]
+             for pattern in ("*_instructions.json", "*/*_instructions.json")
+             for p in folder.glob(pattern)]
+    return sorted(found)
 
 
 def _resolve_inside(folder: Path, rel: str, where: str) -> Path:

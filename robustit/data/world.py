@@ -241,7 +241,8 @@ def _sample_object(rng: np.random.Generator, canvas: np.ndarray, row: int,
 def _duplicate_first(objects: List[WorldObject], canvas: np.ndarray) -> List[WorldObject]:
     """Give the second object the first one's shape and colour, if that colour stays visible."""
     first, second = objects[0], objects[1]
-    if _colour_distance(COLOURS[first.colour], _cell_mean(canvas, second.row, second.col)) < 90:
+    under = _cell_mean(canvas, second.row, second.col)
+    if _colour_distance(COLOURS[first.colour], under) < MIN_CONTRAST:
         return objects
     return [first, second._replace(shape=first.shape, colour=first.colour), *objects[2:]]
 
@@ -251,6 +252,10 @@ def _cell_mean(canvas: np.ndarray, row: int, col: int) -> np.ndarray:
     y0, y1 = row * size // 3, (row + 1) * size // 3
     x0, x1 = col * size // 3, (col + 1) * size // 3
     return canvas[y0:y1, x0:x1].reshape(-1, 3).mean(axis=0)
+
+
+#: least "redmean" distance between an object's colour and the mean of its cell's background
+MIN_CONTRAST = 200.0
 
 
 def _colour_distance(a: Sequence[float], b: Sequence[float]) -> float:
@@ -264,8 +269,8 @@ def _pick_colour(rng: np.random.Generator, background: np.ndarray) -> str:
     """A colour that stands out from ``background`` (mean RGB of the object's cell)."""
     names = list(COLOURS)
     dist = np.array([_colour_distance(COLOURS[n], background) for n in names])
-    ok = [n for n, d in zip(names, dist) if d >= 200]
-    if not ok:  # a mid-grey cell can leave few choices: take the most distinct third
+    ok = [n for n, d in zip(names, dist) if d >= MIN_CONTRAST]
+    if not ok:  # a mid-grey cell can leave few choices: take the four most distinct
         ok = [names[i] for i in np.argsort(-dist)[:4]]
     return ok[int(rng.integers(len(ok)))]
 
@@ -755,16 +760,16 @@ def _cap_subject_verb(rng: np.random.Generator, scene: Scene) -> str:
 
 def _cap_we_see(rng: np.random.Generator, scene: Scene) -> str:
     d = _draw_detail(rng)
-    lead = _pick(rng, ("we can see", "you can see", "i can see", "in the image we can see",
+    lead = _pick(rng, ("we can see", "you can see", "I can see", "in the image we can see",
                        "in this picture you can see", "one can see"))
-    text = f"{lead} {_object_list(rng, scene, d)}"
-    return _with_background(rng, text.replace("i can", "I can"), scene, d)
+    return _with_background(rng, f"{lead} {_object_list(rng, scene, d)}", scene, d)
 
 
 def _cap_picture_of(rng: np.random.Generator, scene: Scene) -> str:
     d = _draw_detail(rng)
+    photo = 1.5 if scene.background["kind"] == "photo" else 0.0  # say "photo" only of photos
     lead = _pick(rng, ("a picture of", "an image of", "a drawing of", "a simple drawing of",
-                       "a photo of", "an illustration of", "a graphic of"), (3, 3, 2, 1, 1, 1, 1))
+                       "a photo of", "an illustration of", "a graphic of"), (3, 3, 2, 1, photo, 1, 1))
     return _with_background(rng, f"{lead} {_object_list(rng, scene, d)}", scene, d)
 
 

@@ -43,6 +43,10 @@ def attack_context(dataset: InstructionSet, cache_dir: str | Path, seed: int = 0
                    model_id: str = "none", n_images: int = 256) -> AttackContext:
     """An AttackContext with a seeded sample of clean images and, given a model, its frozen parts."""
     ids = list(dict.fromkeys(i for s in dataset.samples for i in s.image_ids))
+    if not ids:
+        from ..errors import DataError
+
+        raise DataError(f"split {dataset.name!r} has no images to prepare a trigger with")
     g = torch_generator(derive_seed(seed, "attack-context", dataset.name))
     pick = [ids[i] for i in torch.randperm(len(ids), generator=g)[:n_images].tolist()]
     images = ImageStore(dataset, pick).batch([[i] for i in pick])[:, 0]
