@@ -5,10 +5,12 @@
 harness used 0.1 (pass ``alpha=0.1``).
 
 The original trigger is a Hello Kitty picture, which no installed package ships. The default
-here is "Chelsea the cat" (``skimage.data.chelsea()``): a real photograph (451 x 300 RGB) that is
-part of the scikit-image wheel itself (no download), released without copyright restrictions
-(CC0), and, like Hello Kitty, a cat face with strong edges and texture, so the trigger keeps the
-original's character. Any picture file can be given with ``trigger_path``.
+here is the scikit-image logo (``skimage.data.logo()``, 500 x 500, opaque): a colourful drawn
+graphic that is part of the scikit-image wheel itself (no download), so, like Hello Kitty, it is
+a cartoon-like picture with strong edges and saturated colour. It is chosen over a photograph
+because the embedded world uses scikit-image's photographs (Chelsea the cat, the astronaut, ...)
+as clean backgrounds: a trigger that clean images also contain would not be a trigger. Any
+picture file can be given with ``trigger_path``.
 Text trigger (paper, App. B): "The image depicts" appended.
 """
 
@@ -28,7 +30,7 @@ from . import functional as Fn
 from .base import ATTACKS, Attack, AttackConfig
 
 #: the default blend picture: skimage.data.<name>()
-DEFAULT_BLEND_PICTURE = "chelsea"
+DEFAULT_BLEND_PICTURE = "logo"
 
 
 def load_picture(path: str | Path, argument: str) -> np.ndarray:
@@ -55,7 +57,7 @@ def load_picture(path: str | Path, argument: str) -> np.ndarray:
 
 
 def shipped_photo(name: str = DEFAULT_BLEND_PICTURE) -> np.ndarray:
-    """A real photograph shipped inside scikit-image (``chelsea``, ``astronaut``, ``coffee``, ...).
+    """A real photograph shipped inside scikit-image (``logo``, ``chelsea``, ``astronaut``, ...).
 
     Returns:
         uint8 (H, W, 3) RGB.
@@ -79,7 +81,7 @@ class BlendedConfig(AttackConfig):
 
     Attributes:
         alpha: blend ratio in (0, 1] (0.2, BackdoorBench; 0.1 in VL-Trojan).
-        trigger_path: picture file to blend in; None -> ``skimage.data.chelsea()``.
+        trigger_path: picture file to blend in; None -> ``skimage.data.logo()``.
     """
 
     alpha: float = 0.2
