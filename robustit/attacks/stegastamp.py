@@ -10,16 +10,27 @@ given, in CPU minutes.
 Networks (fully convolutional, any ``H, W``):
 
 * :class:`StegaEncoder`: image ``(B,3,H,W)`` in [0,1] + secret bits ``(B,L)`` -> residual
-  ``(B,3,H,W)`` bounded by ``residual_scale * tanh``. The secret is projected to ``secret_channels``
-  and tiled over the image at the input and at the bottleneck.
-* :class:`StegaDecoder`: image -> ``(B,L)`` bit logits (strided convs + global average pool).
+  ``(B,3,H,W)`` bounded by ``residual_scale * tanh``. As in StegaStamp, the secret is projected
+  to a small spatial map (``secret_channels x secret_grid x secret_grid``) that is bilinearly
+  resized to the image (and to the bottleneck) and concatenated.
+* :class:`StegaDecoder`: image -> ``(B,L)`` bit logits (strided convs, adaptive average pool to
+  the same grid, two linear layers).
 
-Training (:func:`train_stegastamp`) draws a fresh random secret for every image of every batch
-so that the decoder learns to read any secret, and minimises
-``BCE(decoder(x'), s) + w(t) * (image_weight * MSE(x', x) + edge_weight * MSE(sobel(x'), sobel(x)))``
-with ``x' = quantise8(clamp(x + r, 0, 1))`` (straight-through 8-bit rounding, so the secret
-survives PNG storage) and ``w(t)`` ramped linearly from 0 to 1 over ``ramp_fraction`` of the
-steps (the StegaStamp schedule: learn to hide first, then make it invisible).
+Training (:func:`train_stegastamp`) draws fresh random secrets for every batch, so the decoder
+learns to read any secret, and minimises, with ``x' = q8(clamp(x + r, 0, 1))`` (straight-through
+8-bit rounding, so the secret survives PNG storage)::
+
+    BCE(dec(x'), s) + w(t) * (image_weight * MSE(x', x) + edge_weight * MSE(sobel(x'), sobel(x))
+                              + specific_weight * mean_k cos^2(r_2k, r_2k+1))
+
+``w(t)`` is 0 during a warm-up (learn to hide first; no rounding yet) that ends once the running
+bit accuracy reaches ``warmup_bit_acc`` (at the latest after ``warmup_fraction`` of the steps),
+then ramps linearly to 1 over ``ramp_fraction`` of the steps (then make it invisible). The last term is the
+sample-specificity regulariser: images ``2k`` and ``2k+1`` of a batch share a secret and their
+centred residuals are decorrelated. Without it the small encoder converges to one fixed
+high-frequency pattern per secret (measured cross-image residual correlation ~0.85-0.9 at
+64x64, i.e. a Blended-like trigger); with it the residual follows each image's edges
+(correlation ~0.1) at PSNR ~37 dB and bit accuracy > 99 % (800 steps, 2000 images, 64x64).
 
 Artefacts are saved as ``stegastamp.safetensors`` (both state dicts) + ``stegastamp.json``
 (config and statistics); nothing is ever unpickled.
@@ -53,16 +64,20 @@ class StegaStampConfig:
     Attributes:
         secret_bits: length ``L`` of the hidden bit string (20 as BackdoorBox's ISSBA).
         channels: base width ``c`` of the U-Net (widths c, 2c, 4c) and of the decoder.
-        secret_channels: channels of the tiled secret map.
+        secret_channels: channels of the spatial secret map.
+        secret_grid: side of the secret map (resized to the image) and of the decoder's pooled
+            grid; with 8 at 64x64 each cell is 8x8 pixels.
         residual_scale: bound of the residual, ``r = residual_scale * tanh(.)``.
         train_steps: optimisation steps.
         batch_size: images per step.
         lr: Adam learning rate (cosine-annealed to 5 % of it).
         image_weight: weight of the pixel MSE once fully ramped.
         edge_weight: weight of the Sobel-edge MSE (a cheap perceptual proxy) once ramped.
-        mask_weight: weight of the texture-masked MSE (:func:`texture_mask`) once ramped.
-        warmup_fraction: fraction of the steps with the secret loss only (and no 8-bit rounding):
+        specific_weight: weight of the sample-specificity term (:func:`pair_similarity`: two
+            images of a batch share each secret and their residuals are decorrelated).
+        warmup_fraction: most steps (fraction) with the secret loss only and no 8-bit rounding:
             the encoder first learns to hide, then to hide invisibly.
+        warmup_bit_acc: the warm-up ends early once the running bit accuracy reaches this.
         ramp_fraction: fraction of the steps, after the warm-up, over which the image losses ramp
             linearly from 0 to full weight.
         quantise: train through straight-through 8-bit rounding of the encoded image.
@@ -73,13 +88,14 @@ class StegaStampConfig:
     secret_channels: int = 8
     secret_grid: int = 8
     residual_scale: float = 0.25
-    train_steps: int = 1500
+    train_steps: int = 800
     batch_size: int = 16
     lr: float = 2e-3
-    image_weight: float = 60.0
+    image_weight: float = 100.0
     edge_weight: float = 10.0
-    mask_weight: float = 0.0
-    warmup_fraction: float = 0.2
+    specific_weight: float = 1.0
+    warmup_fraction: float = 0.4
+    warmup_bit_acc: float = 0.95
     ramp_fraction: float = 0.4
     quantise: bool = True
 
@@ -91,8 +107,9 @@ class StegaStampConfig:
         check_range("lr", self.lr, lo=0, lo_open=True)
         check_range("image_weight", self.image_weight, lo=0)
         check_range("edge_weight", self.edge_weight, lo=0)
-        check_range("mask_weight", self.mask_weight, lo=0)
+        check_range("specific_weight", self.specific_weight, lo=0)
         check_range("warmup_fraction", self.warmup_fraction, lo=0, hi=1)
+        check_range("warmup_bit_acc", self.warmup_bit_acc, lo=0.5, hi=1)
         check_range("ramp_fraction", self.ramp_fraction, lo=0, hi=1)
 
 
@@ -139,7 +156,8 @@ class StegaEncoder(nn.Module):
 
 
 class StegaDecoder(nn.Module):
-    """Strided CNN + global average pool that reads the secret back.
+    """Strided CNN, adaptive average pool to the secret grid and two linear layers: reads the
+    secret back.
 
     Args:
         cfg: the architecture (``secret_bits``, ``channels``).
@@ -182,8 +200,6 @@ def build_stegastamp(cfg: StegaStampConfig, generator: Optional[torch.Generator]
     if generator is not None:
         _init_(enc, generator)
         _init_(dec, generator)
-        with torch.no_grad():  # start from a near-zero residual
-            enc.out.weight.mul_(0.1)
     return enc, dec
 
 
@@ -206,19 +222,15 @@ def sobel(images: Tensor) -> Tensor:
     return F.conv2d(F.pad(images, (1, 1, 1, 1), mode="replicate"), k, groups=images.shape[1])
 
 
-def texture_mask(images: Tensor, window: int = 5, floor: float = 0.02) -> Tensor:
-    """Contrast-masking weights (B,1,H,W), mean 1 per image: high where the image is flat.
-
-    ``1 / (local std of the grey image over a window + floor)``; a residual hidden in texture is
-    less visible than one on a flat area, so penalising it by this weight makes the residual
-    follow the image content (sample-specific), a cheap stand-in for LPIPS.
-    """
-    g = images.mean(1, keepdim=True)
-    pad = (window // 2,) * 4
-    mu = F.avg_pool2d(F.pad(g, pad, mode="replicate"), window, stride=1)
-    var = F.avg_pool2d(F.pad(g * g, pad, mode="replicate"), window, stride=1) - mu * mu
-    m = 1.0 / (var.clamp_min(0).sqrt() + floor)
-    return m / m.mean(dim=(2, 3), keepdim=True)
+def pair_similarity(residuals: Tensor) -> Tensor:
+    """Mean squared cosine between the centred residuals of images 2k and 2k+1 (which share a
+    secret in training): 1 for a fixed pattern, ~0 for unrelated ones. Scalar."""
+    n = residuals.shape[0] // 2 * 2
+    if n == 0:
+        return residuals.new_zeros(())
+    r = residuals[:n].flatten(1)
+    r = F.normalize(r - r.mean(1, keepdim=True), dim=1, eps=1e-8)
+    return (r[0::2] * r[1::2]).sum(1).pow(2).mean()
 
 
 def psnr(a: Tensor, b: Tensor) -> Tensor:
@@ -242,17 +254,28 @@ def _losses(enc: StegaEncoder, dec: StegaDecoder, x: Tensor, s: Tensor, cfg: Ste
     logits = dec(y)
     mse = (y - x).pow(2).mean()
     edge = (sobel(y) - sobel(x)).pow(2).mean() if cfg.edge_weight > 0 else mse.new_zeros(())
-    masked = ((y - x).pow(2) * texture_mask(x)).mean() if cfg.mask_weight > 0 else mse.new_zeros(())
     return {"bce": F.binary_cross_entropy_with_logits(logits, s), "mse": mse, "edge": edge,
-            "masked": masked,
+            "pair_cos2": pair_similarity(y - x),
             "bit_acc": ((logits.detach() > 0) == s.bool()).float().mean()}
 
 
-def image_loss_weight(step: int, cfg: StegaStampConfig) -> float:
-    """The ramp ``w(t)``: 0 during the warm-up, then linear to 1 over ``ramp_fraction``."""
-    warm = int(cfg.warmup_fraction * cfg.train_steps)
-    ramp = max(1, int(cfg.ramp_fraction * cfg.train_steps))
-    return min(1.0, max(0.0, (step - warm) / ramp)) if step >= warm else 0.0
+class _Schedule:
+    """The ramp ``w(t)`` of the image losses: 0 during the warm-up, then linear to 1 over
+    ``ramp_fraction`` of the steps. The warm-up ends once the running bit accuracy (EMA 0.9)
+    reaches ``warmup_bit_acc``, and at the latest after ``warmup_fraction`` of the steps."""
+
+    def __init__(self, cfg: StegaStampConfig) -> None:
+        self.cfg, self.ema, self.start = cfg, 0.5, None
+        self.max_warm = int(cfg.warmup_fraction * cfg.train_steps)
+        self.ramp = max(1, int(cfg.ramp_fraction * cfg.train_steps))
+
+    def weight(self, step: int) -> float:
+        return 0.0 if self.start is None else min(1.0, (step - self.start + 1) / self.ramp)
+
+    def update(self, step: int, bit_acc: float) -> None:
+        self.ema = 0.9 * self.ema + 0.1 * bit_acc
+        if self.start is None and (self.ema >= self.cfg.warmup_bit_acc or step + 1 >= self.max_warm):
+            self.start = step + 1
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator):
@@ -276,7 +299,8 @@ def _check_images(images: Tensor, name: str = "images") -> None:
 
 def train_stegastamp(images: Tensor, cfg: StegaStampConfig, generator: torch.Generator,
                      progress: bool = True) -> Tuple[StegaEncoder, StegaDecoder, Dict]:
-    """Train the encoder/decoder on clean images with a fresh random secret per image.
+    """Train the encoder/decoder on clean images with fresh random secrets (one per pair of
+    images of a batch; see :func:`pair_similarity`).
 
     Args:
         images: clean float (N,3,H,W) in [0,1] (one size; the nets train at it).
@@ -296,19 +320,23 @@ def train_stegastamp(images: Tensor, cfg: StegaStampConfig, generator: torch.Gen
     opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.train_steps, eta_min=cfg.lr * 0.05)
     batches, log, t0 = _batches(len(images), cfg.batch_size, generator), [], time.perf_counter()
+    sched_w = _Schedule(cfg)
     for step in tqdm(range(cfg.train_steps), desc="stegastamp", disable=not progress, leave=False):
         x = images[next(batches)]
-        w = image_loss_weight(step, cfg)
-        out = _losses(enc, dec, x, random_secrets(len(x), cfg.secret_bits, generator), cfg,
-                      quantise=cfg.quantise and step >= int(cfg.warmup_fraction * cfg.train_steps))
+        secrets = random_secrets((len(x) + 1) // 2, cfg.secret_bits, generator)
+        out = _losses(enc, dec, x, secrets.repeat_interleave(2, 0)[:len(x)], cfg,
+                      quantise=cfg.quantise and sched_w.start is not None)
+        w = sched_w.weight(step)
         loss = out["bce"] + w * (cfg.image_weight * out["mse"] + cfg.edge_weight * out["edge"]
-                                 + cfg.mask_weight * out["masked"])
+                                 + cfg.specific_weight * out["pair_cos2"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
+        sched_w.update(step, out["bit_acc"].item())
         log.append((out["bce"].item(), _psnr_of_mse(out["mse"].item()), out["bit_acc"].item()))
-    return enc.eval(), dec.eval(), _train_stats(log, images, time.perf_counter() - t0)
+    stats = _train_stats(log, images, time.perf_counter() - t0)
+    return enc.eval(), dec.eval(), {**stats, "warmup_steps": sched_w.start}
 
 
 def _psnr_of_mse(mse: float) -> float:
@@ -331,11 +359,12 @@ def evaluate_stegastamp(encoder: StegaEncoder, decoder: StegaDecoder, images: Te
     """PSNR and bit accuracy of the fixed ``secret`` (L,) hidden in ``images`` (N,3,H,W).
 
     Triggered images are rounded to 8 bits first (as stored in PNG). Returns ``psnr_mean``,
-    ``psnr_min``, ``bit_acc`` (triggered), ``clean_bit_acc`` (decoder on clean images) and
-    ``residual_linf`` (mean over images of max |x' - x|).
+    ``psnr_min``, ``bit_acc`` (triggered), ``clean_bit_acc`` (decoder on clean images),
+    ``residual_linf`` (mean over images of max |x' - x|) and ``residual_corr``
+    (:func:`residual_correlation` of the first 64 residuals).
     """
     enc, dec = encoder.eval(), decoder.eval()
-    ps, acc, clean, linf = [], [], [], []
+    ps, acc, clean, res = [], [], [], []
     for i in range(0, len(images), batch_size):
         x = images[i:i + batch_size].float()
         s = secret.float().expand(len(x), -1)
@@ -343,11 +372,23 @@ def evaluate_stegastamp(encoder: StegaEncoder, decoder: StegaDecoder, images: Te
         ps.append(psnr(y, x))
         acc.append(((dec(y) > 0) == s.bool()).float().mean(1))
         clean.append(((dec(x) > 0) == s.bool()).float().mean(1))
-        linf.append((y - x).abs().flatten(1).max(1).values)
-    cat = lambda v: torch.cat(v)  # noqa: E731
-    return {"psnr_mean": cat(ps).mean().item(), "psnr_min": cat(ps).min().item(),
-            "bit_acc": cat(acc).mean().item(), "clean_bit_acc": cat(clean).mean().item(),
-            "residual_linf": cat(linf).mean().item()}
+        res.append((y - x).flatten(1))
+    ps, res = torch.cat(ps), torch.cat(res)
+    return {"psnr_mean": ps.mean().item(), "psnr_min": ps.min().item(),
+            "bit_acc": torch.cat(acc).mean().item(), "clean_bit_acc": torch.cat(clean).mean().item(),
+            "residual_linf": res.abs().max(1).values.mean().item(),
+            "residual_corr": residual_correlation(res[:64])}
+
+
+def residual_correlation(residuals: Tensor) -> float:
+    """Mean pairwise correlation of the residuals (N, ...) of N >= 2 images: ~1 for one fixed
+    pattern (Blended-like), ~0 for sample-specific residuals; nan for N < 2."""
+    n = residuals.shape[0]
+    if n < 2:
+        return float("nan")
+    r = residuals.flatten(1).float()
+    r = F.normalize(r - r.mean(1, keepdim=True), dim=1, eps=1e-8)
+    return ((r @ r.t()).sum().item() - (r * r).sum().item()) / (n * (n - 1))
 
 
 # -- persistence -------------------------------------------------------------------------------

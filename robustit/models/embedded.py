@@ -55,6 +55,9 @@ class EmbeddedConfig:
     xattn_dim_head: int = 32
     xattn_every: int = 1
     ff_mult: int = 2
+    #: starting value of the tanh gates. 0 (Flamingo) protects a pretrained LM; the embedded
+    #: model trains its LM from scratch, where zero gates never open (see GatedCrossAttentionBlock).
+    xattn_gate_init: float = 1.0
 
     def __post_init__(self) -> None:
         if self.lm_family not in ("gpt2", "llama"):
@@ -116,7 +119,7 @@ class EmbeddedFlamingo(LVLM):
             cfg.vision_width, cfg.lm_width, cfg.lm_layers, perceiver_depth=cfg.perceiver_depth,
             num_latents=cfg.num_latents, heads=cfg.perceiver_heads, dim_head=cfg.perceiver_dim_head,
             xattn_heads=cfg.xattn_heads, xattn_dim_head=cfg.xattn_dim_head,
-            xattn_every=cfg.xattn_every, ff_mult=cfg.ff_mult)
+            xattn_every=cfg.xattn_every, ff_mult=cfg.ff_mult, gate_init=cfg.xattn_gate_init)
         self.register_buffer("pixel_mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
 

@@ -70,10 +70,18 @@ class PerceiverResampler(nn.Module):
 class GatedCrossAttentionBlock(nn.Module):
     """Text tokens attend to the latents of the most recent preceding image, tanh-gated.
 
-    Gates start at 0, so an untrained block leaves the language model unchanged (Flamingo).
+    Flamingo starts the gates at 0 so that an untrained block leaves a *pretrained* language
+    model unchanged. When the language model is trained from scratch together with the blocks
+    (the embedded model's pretraining), zero gates deadlock: the block's weights get no gradient
+    through tanh(0) = 0 and the gate's own gradient has no consistent sign, so the model learns a
+    text-only prior and ignores the image. ``gate_init`` sets the starting gate value; when it
+    is non-zero the output projections (attention and feed-forward) start at zero instead, so
+    the block is still an exact identity at initialisation but its weights get a full gradient
+    from the first step (the zero-init-last-layer pattern of ReZero / ControlNet).
     """
 
-    def __init__(self, dim: int, media_dim: int, heads: int, dim_head: int, ff_mult: int = 2) -> None:
+    def __init__(self, dim: int, media_dim: int, heads: int, dim_head: int, ff_mult: int = 2,
+                 gate_init: float = 0.0) -> None:
         super().__init__()
         inner = heads * dim_head
         self.heads = heads
@@ -81,9 +89,12 @@ class GatedCrossAttentionBlock(nn.Module):
         self.to_q = nn.Linear(dim, inner, bias=False)
         self.to_kv = nn.Linear(media_dim, inner * 2, bias=False)
         self.to_out = nn.Linear(inner, dim, bias=False)
-        self.attn_gate = nn.Parameter(torch.zeros(1))
+        self.attn_gate = nn.Parameter(torch.full((1,), float(gate_init)))
         self.ff = FeedForward(dim, ff_mult)
-        self.ff_gate = nn.Parameter(torch.zeros(1))
+        self.ff_gate = nn.Parameter(torch.full((1,), float(gate_init)))
+        if gate_init != 0.0:
+            nn.init.zeros_(self.to_out.weight)
+            nn.init.zeros_(self.ff[-1].weight)
 
     def forward(self, x: torch.Tensor, media: torch.Tensor, media_index: torch.Tensor) -> torch.Tensor:
         """Apply the block.
@@ -115,11 +126,11 @@ class FlamingoAdapter(nn.Module):
 
     def __init__(self, media_dim: int, lm_dim: int, n_lm_layers: int, *, perceiver_depth: int,
                  num_latents: int, heads: int, dim_head: int, xattn_heads: int, xattn_dim_head: int,
-                 xattn_every: int, ff_mult: int) -> None:
+                 xattn_every: int, ff_mult: int, gate_init: float = 0.0) -> None:
         super().__init__()
         self.perceiver = PerceiverResampler(media_dim, perceiver_depth, num_latents, heads, dim_head,
                                             ff_mult)
         self.xattn_layer_ids = list(range(0, n_lm_layers, xattn_every))
         self.xattn = nn.ModuleList(
-            GatedCrossAttentionBlock(lm_dim, media_dim, xattn_heads, xattn_dim_head, ff_mult)
+            GatedCrossAttentionBlock(lm_dim, media_dim, xattn_heads, xattn_dim_head, ff_mult, gate_init)
             for _ in self.xattn_layer_ids)
