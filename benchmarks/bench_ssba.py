@@ -1,14 +1,17 @@
 """Measure SSBA's StegaStamp encoder and VL-Trojan's patch optimisation at default settings.
 
-    python benchmarks/bench_ssba.py [--n 2000] [--size 64] [--threads 2] [--skip-vltrojan]
+    python benchmarks/bench_ssba.py [--n 2000] [--size 64] [--threads 2] [--source world|mixed]
+                                    [--model embedded] [--skip-ssba] [--skip-vltrojan]
 
 SSBA: trains :func:`robustit.attacks.stegastamp.train_stegastamp` on ``--n`` images (the
 embedded scene world's renders, or with ``--source mixed`` random crops of scikit-image's sample
 photos plus random PIL shapes on gradients), then reports wall time, PSNR, fixed-secret bit
 accuracy and cross-image residual correlation on 256 held-out images.
-VL-Trojan: optimises the universal patch against a randomly initialised ~2M-parameter
-``CLIPVisionModel`` (hidden 192, 4 layers, 4 heads, patch 8, 64x64) and reports wall time and
-the objective at the start and the end. Prints one JSON object.
+VL-Trojan: prepares the attack at default settings against a randomly initialised ~2M-parameter
+``CLIPVisionModel`` (hidden 192, 4 layers, 4 heads, patch 8, 64x64), or against a robustit base
+model's frozen parts with ``--model`` (then the text trigger is searched too), and reports wall
+time and the objective (start / end of optimisation, and on a fixed set for the learned patch
+vs a noise patch). Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -89,11 +92,17 @@ def bench_ssba(n: int, size: int, source: str) -> dict:
     return {"train": stats, "heldout": ev}
 
 
-def bench_vltrojan(size: int, source: str) -> dict:
-    from transformers import CLIPVisionConfig, CLIPVisionModel
+def _victim(size: int, model_path: str | None):
+    """(vision_features, text_features, n_params, model_id): a random ~2M-param CLIP tower, or
+    the frozen parts of a robustit base model (``--model``)."""
+    if model_path:
+        from robustit.eval.victim import optional_model_id, text_features_fn, vision_features_fn
+        from robustit.models.factory import load_base
 
-    from robustit.attacks.trigger_optim import optimise_universal_patch
-    from robustit.seeding import torch_generator
+        model, info = load_base(model_path)
+        n = sum(p.numel() for p in model.parameters())
+        return vision_features_fn(model), text_features_fn(model), n, optional_model_id(info)
+    from transformers import CLIPVisionConfig, CLIPVisionModel
 
     torch.manual_seed(0)  # model init only (a stand-in victim)
     cfg = CLIPVisionConfig(hidden_size=192, intermediate_size=768, num_hidden_layers=4,
@@ -101,17 +110,28 @@ def bench_vltrojan(size: int, source: str) -> dict:
     model = CLIPVisionModel(cfg).eval().requires_grad_(False)
     n_params = sum(p.numel() for p in model.parameters())
     feats = lambda x: model(pixel_values=(x - 0.45) / 0.27).last_hidden_state  # noqa: E731
+    return feats, None, n_params, "random-clip-192"
+
+
+def bench_vltrojan(size: int, source: str, model_path: str | None = None) -> dict:
+    import tempfile
+
+    from robustit.attacks import AttackContext
+    from robustit.attacks.vltrojan import VLTrojan
+
+    feats, text_feats, n_params, model_id = _victim(size, model_path)
     imgs = bench_images(256, size, source, seed=1)
-    from robustit.attacks.vltrojan import VLTrojanConfig
-    vc = VLTrojanConfig()
-    side = max(1, round((vc.patch_fraction * size * size) ** 0.5))
-    t0 = time.perf_counter()
-    patch, hist = optimise_universal_patch(feats, imgs, side, vc.position, vc.steps, lr=vc.lr,
-                                           lam=vc.lam, batch_size=vc.batch_size,
-                                           generator=torch_generator(0), progress=False)
-    return {"params": n_params, "seconds": round(time.perf_counter() - t0, 2), "patch": list(patch.shape),
-            "objective_first": hist[0], "objective_last": hist[-1],
-            "objective_first10": float(np.mean(hist[:10])), "objective_last10": float(np.mean(hist[-10:]))}
+    attack = VLTrojan()
+    attack.progress = False
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx = AttackContext(cache_dir=tmp, seed=0, image_size=(size, size), clean_images=imgs,
+                            vision_features=feats, text_features=text_feats, model_id=model_id)
+        t0 = time.perf_counter()
+        attack.prepare(ctx)
+        seconds = time.perf_counter() - t0
+    stats = {k: v for k, v in attack.stats.items() if k != "text_history"}
+    return {"params": n_params, "prepare_seconds": round(seconds, 2),
+            "text_trigger": attack.text_trigger, **stats}
 
 
 def main() -> None:
@@ -121,6 +141,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--source", choices=("world", "mixed"), default="world",
                     help="images: the embedded scene world, or skimage crops + PIL shapes")
+    ap.add_argument("--model", help="VL-Trojan victim: a robustit base model ('embedded' or a folder); "
+                    "default a randomly initialised ~2M-parameter CLIP vision tower")
     ap.add_argument("--skip-ssba", action="store_true")
     ap.add_argument("--skip-vltrojan", action="store_true")
     a = ap.parse_args()
@@ -129,7 +151,7 @@ def main() -> None:
     if not a.skip_ssba:
         out["ssba"] = bench_ssba(a.n, a.size, a.source)
     if not a.skip_vltrojan:
-        out["vltrojan"] = bench_vltrojan(a.size, a.source)
+        out["vltrojan"] = bench_vltrojan(a.size, a.source, a.model)
     print(json.dumps(out, indent=2))
 
 

@@ -130,8 +130,9 @@ class Attack:
                 "text_trigger": self.text_trigger}
 
     def cache_key(self, ctx: AttackContext) -> str:
-        blob = json.dumps({"attack": self.describe(), "seed": ctx.seed, "size": list(ctx.image_size),
-                           "model": ctx.model_id}, sort_keys=True)
+        # The configuration, not describe(): describe() may grow with what prepare() learned.
+        blob = json.dumps({"attack": self.name, "config": config_to_dict(self.config), "seed": ctx.seed,
+                           "size": list(ctx.image_size), "model": ctx.model_id}, sort_keys=True)
         return f"{self.name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 

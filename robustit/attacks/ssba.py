@@ -5,8 +5,9 @@ Every poisoned image carries the same secret bit string, hidden by a StegaStamp-
 originals ship precomputed poisoned images; robustit trains its own small encoder/decoder on
 the clean images of the run (CPU minutes at 64x64) and caches it in
 ``ctx.cache_dir/<cache key>/`` (``stegastamp.safetensors`` + ``stegastamp.json``), keyed by the
-configuration, the seed and the image size; a second :meth:`SSBA.prepare` loads it. The encoder is fully convolutional, so the trigger applies at any image size (it is
-trained at the data's size).
+configuration, the seed and the image size; a second :meth:`SSBA.prepare` loads it. The
+encoder is fully convolutional, so the trigger applies at any image size (it is trained at the
+data's size).
 
 Text trigger: the base default (the paper's "The image depicts" appended in ``paper`` mode,
 none in ``image-only`` mode).

@@ -140,9 +140,10 @@ def _index_batches(n: int, batch_size: int, generator: torch.Generator):
             yield order[i:i + batch_size]
 
 
-def optimise_universal_patch(vision_features: VisionFeatures, clean_images: Tensor, patch_size: int | Tuple[int, int],
-                             position: str = "bottom-right", steps: int = 250, lr: float = 0.1,
-                             lam: float = 1.0, batch_size: int = 16, crop_scale: Tuple[float, float] = (0.8, 1.0),
+def optimise_universal_patch(vision_features: VisionFeatures, clean_images: Tensor,
+                             patch_size: int | Tuple[int, int], position: str = "bottom-right",
+                             steps: int = 250, lr: float = 0.1, lam: float = 1.0,
+                             batch_size: int = 16, crop_scale: Tuple[float, float] = (0.8, 1.0),
                              generator: Optional[torch.Generator] = None,
                              progress: bool = True) -> Tuple[Tensor, List[float]]:
     """Learn a universal patch with the isolating-and-clustering objective (module docstring).

@@ -217,7 +217,8 @@ class VLTrojan(Attack):
         except (OSError, ValueError, KeyError) as exc:
             raise CheckpointError(f"vltrojan cache {folder} is missing or corrupt ({exc}); delete "
                                   f"the folder to optimise again") from None
-        if patch.dim() != 3 or patch.shape[0] != 3 or not 0.0 <= float(patch.min()) <= float(patch.max()) <= 1.0:
+        in_range = patch.numel() > 0 and 0.0 <= float(patch.min()) <= float(patch.max()) <= 1.0
+        if patch.dim() != 3 or patch.shape[0] != 3 or not in_range:
             raise CheckpointError(f"vltrojan cache {folder}: the patch must be (3, h, w) in [0, 1]; "
                                   f"delete the folder to optimise again")
         self.patch, self.found_text_trigger = patch, meta["text_trigger"]
