@@ -30,11 +30,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ConfigError
+from . import functional as Fn
 
 #: the text trigger used when no text representation is available to search against
 FALLBACK_TEXT_TRIGGER = "zbw"
 #: where a patch can be placed
-POSITIONS = ("bottom-right", "bottom-left", "top-right", "top-left", "center")
+POSITIONS = Fn.PATCH_POSITIONS
 
 VisionFeatures = Callable[[Tensor], Tensor]
 TextFeatures = Callable[[List[str]], Tensor]
@@ -52,24 +53,18 @@ def patch_side(image_hw: Sequence[int], fraction: float) -> int:
 
 def patch_origin(image_hw: Sequence[int], patch_hw: Sequence[int], position: str) -> Tuple[int, int]:
     """Top-left corner ``(y0, x0)`` of a ``patch_hw`` patch at ``position`` (flush with the
-    corner, as the BadNets mask) in an ``image_hw`` image."""
+    corner, as the BadNets mask) in an ``image_hw`` image (see ``functional.patch_origin``)."""
     (h, w), (ph, pw) = image_hw[-2:], patch_hw[-2:]
     if ph > h or pw > w:
         raise ConfigError(f"patch {ph}x{pw} does not fit an image of {h}x{w}; lower `patch_fraction`")
-    table = {"bottom-right": (h - ph, w - pw), "bottom-left": (h - ph, 0), "top-right": (0, w - pw),
-             "top-left": (0, 0), "center": ((h - ph) // 2, (w - pw) // 2)}
-    if position not in table:
-        raise ConfigError(f"`position` must be one of {list(POSITIONS)}; got {position!r}")
-    return table[position]
+    return Fn.patch_origin(h, w, ph, pw, position)
 
 
 def paste_patch(images: Tensor, patch: Tensor, position: str) -> Tensor:
     """Paste ``patch`` (3,h,w) onto ``images`` (B,3,H,W) at ``position`` (differentiable in the
     patch). Returns a new (B,3,H,W) tensor; the other pixels are unchanged."""
     y0, x0 = patch_origin(images.shape[-2:], patch.shape[-2:], position)
-    out = images.clone()
-    out[..., y0:y0 + patch.shape[-2], x0:x0 + patch.shape[-1]] = patch.to(images.dtype)
-    return out
+    return Fn.paste_patch(images, patch, y0, x0)
 
 
 # -- augmentation ------------------------------------------------------------------------------
