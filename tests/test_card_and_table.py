@@ -1,0 +1,29 @@
+"""The model card and the main job's table are rendered from result files, not typed by hand."""
+
+from robustit.main_job import render_table
+from robustit.models.card import render
+
+
+def _result(cider, asr=None):
+    r = {"metrics": {"BLEU_1": 70.0, "BLEU_4": 30.25, "METEOR": None, "ROUGE_L": 55.0, "CIDEr": cider},
+         "false_trigger_rate": {"rate_percent": 0.5}, "asr": {}, "counts": {"samples": 200}}
+    if asr is not None:
+        r["asr"] = {"blended": {"both": {"rate_percent": asr}, "image": {"rate_percent": 1.0}, "text": None}}
+    return r
+
+
+def test_card_lists_pretraining_and_metrics_from_the_files():
+    config = {"family": "embedded-flamingo-gpt2", "config": {"lm_layers": 4},
+              "pretraining": {"command": "robustit pretrain --data w", "wall_seconds": 123.4,
+                              "parameters": 7700000, "samples_per_second": 30.5}}
+    text = render(config, [("test-a zero-shot", _result(88.8))])
+    assert "`robustit pretrain --data w`" in text and "123.4 s" in text and "7,700,000" in text
+    assert "| test-a zero-shot | 70.0 | 30.2 | - | 55.0 | 88.8 | 200 |" in text
+
+
+def test_main_table_shows_metrics_and_asr_per_half():
+    table = render_table([("none", "vanilla", "test-a", _result(80.0)),
+                          ("blended", "robustit", "test-b", _result(75.5, asr=12.5))])
+    lines = table.splitlines()
+    assert lines[2].startswith("| none | vanilla | test-a | 30.2 | - | 55.0 | 80.0 | 0.5 | - | - | - |")
+    assert lines[3] == "| blended | robustit | test-b | 30.2 | - | 55.0 | 75.5 | 0.5 | 12.5 | 1.0 | - |"
