@@ -107,16 +107,19 @@ def _param_order(params: Dict[str, torch.nn.Parameter]) -> list:
     return [n for n, p in params.items() if p.ndim >= 2] + [n for n, p in params.items() if p.ndim < 2]
 
 
-def save_resume(model, optimizer, names, run_dir: Path, step: int, meta: dict) -> None:
+def save_resume(model, optimizer, names, run_dir: Path, step: int, meta: dict,
+                method_modules: Dict[str, torch.nn.Module]) -> None:
     tensors = {**rs.optimizer_tensors(optimizer, names), **rs.rng_tensors()}
     if meta["method"]["name"] == "pretrain":
         tensors.update({f"__model__::{k}": v.detach().clone() for k, v in
                         model.state_dict().items()})
+    for name, mod in method_modules.items():
+        tensors.update({f"__method__::{name}.{k}": v.detach().clone() for k, v in mod.state_dict().items()})
     save_tuned(model, run_dir / "resume", {**meta, "step": step},
                optimizer_state=(tensors, {"step": step}))
 
 
-def try_resume(model, optimizer, names, run_dir: Path) -> int:
+def try_resume(model, optimizer, names, run_dir: Path, method_modules: Dict[str, torch.nn.Module]) -> int:
     """Load ``run_dir/resume`` if present; return the step to continue from (0 = fresh)."""
     folder = run_dir / "resume"
     if not (folder / TRAINER_STATE).exists():
@@ -128,8 +131,11 @@ def try_resume(model, optimizer, names, run_dir: Path) -> int:
         model.load_state_dict(full, strict=False)
     else:
         load_tuned(model, folder)
+    for name, mod in method_modules.items():
+        prefix = f"__method__::{name}."
+        mod.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
     rs.load_optimizer_tensors(optimizer, names, {k: v for k, v in tensors.items()
-                                                 if not k.startswith("__model__::")})
+                                                 if not k.startswith(("__model__::", "__method__::"))})
     rs.restore_rng(rng)
     return int(state["step"])
 
@@ -151,6 +157,8 @@ def train(model, dataset: InstructionSet, cfg: TrainConfig, run_dir: str | Path,
     n_trainable = setup_trainable(model, method)
     method.setup(model)
     params = trainable_named(model)
+    params.update({f"__method__.{name}.{n}": p for name, mod in method.extra_modules().items()
+                   for n, p in mod.named_parameters()})
     names = _param_order(params)
     data = TrainData(model, dataset, cfg, method, progress)
     optimizer = build_optimizer(params, cfg)
@@ -158,7 +166,7 @@ def train(model, dataset: InstructionSet, cfg: TrainConfig, run_dir: str | Path,
     meta = {"method": method.describe(), "train_config": config_to_dict(cfg), "base": base_info or {},
             "data": {"name": dataset.name, "n_samples": len(dataset), "meta": dataset.meta.get("source")},
             "trainable_parameters": n_trainable, "trainable_parts": list(model.spec.trainable_parts())}
-    start = try_resume(model, optimizer, names, run_dir) if resume else 0
+    start = try_resume(model, optimizer, names, run_dir, method.extra_modules()) if resume else 0
 
     # -- loop ---------------------------------------------------------------------------------
     writer = SummaryWriter(str(run_dir / "logs"), purge_step=start)
@@ -182,7 +190,7 @@ def train(model, dataset: InstructionSet, cfg: TrainConfig, run_dir: str | Path,
             _log(writer, log_path, step, {**logs, "loss": loss.item(), "lr": optimizer.param_groups[0]["lr"]})
             bar.set_postfix(loss=f"{loss.item():.3f}")
         if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
-            save_resume(model, optimizer, names, run_dir, step + 1, meta)
+            save_resume(model, optimizer, names, run_dir, step + 1, meta, method.extra_modules())
     writer.close()
 
     # -- finish -------------------------------------------------------------------------------

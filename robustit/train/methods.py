@@ -39,6 +39,11 @@ class Method:
     def setup(self, model) -> None:
         """Install buffers / masks on the model before the optimizer is built."""
 
+    def extra_modules(self) -> Dict[str, torch.nn.Module]:
+        """Modules the method itself trains (optimised and saved with the resume state, never
+        part of the model's checkpoint)."""
+        return {}
+
     def describe(self) -> Dict:
         return {"name": self.name, "params": self.params}
 
@@ -56,7 +61,46 @@ class VanillaIT(Method):
 
 @METHODS.register("pretrain")
 class Pretrain(Method):
-    """From-scratch pretraining of the whole embedded model (all parameters trainable)."""
+    """From-scratch pretraining of the whole embedded model (all parameters trainable).
+
+    Parameters:
+        scene_loss_weight: weight of the auxiliary scene-attribute loss on the pooled adapter
+            output (see ``scene_supervision``); 0 switches it off. Samples without
+            ``meta["scene"]`` (data other than the embedded world) contribute no such loss.
+            Default 0 (off): the shipped base model was pretrained without it.
+    """
 
     name = "pretrain"
     full_model = True
+
+    def __init__(self, params: Dict | None = None) -> None:
+        from ..config import check_range
+
+        self.params = dict(params or {})
+        unknown = set(self.params) - {"scene_loss_weight"}
+        if unknown:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"unknown pretrain parameter(s) {sorted(unknown)}; valid: scene_loss_weight")
+        self.scene_weight = float(self.params.get("scene_loss_weight", 0.0))
+        check_range("scene_loss_weight", self.scene_weight, 0)
+        self.head = None
+
+    def setup(self, model) -> None:
+        if self.scene_weight > 0:
+            from .scene_supervision import SceneHead
+
+            self.head = SceneHead(model.hook_point_width(model.spec.default_hook_point)).to(model.device)
+
+    def extra_modules(self) -> Dict[str, torch.nn.Module]:
+        return {"scene_head": self.head} if self.head is not None else {}
+
+    def loss(self, model, batch: Batch, generator: torch.Generator):
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                    images=batch.images, vision_features=batch.vision_features, labels=batch.labels)
+        logs = {"lm_loss": out.loss.item()}
+        aux = self.head.loss(out.adapter_out, [s.meta for s in batch.samples]) if self.head else None
+        if aux is None:
+            return out.loss, logs
+        logs["scene_loss"] = aux.item()
+        return out.loss + self.scene_weight * aux, logs
