@@ -77,3 +77,29 @@ def test_cli_eval_refuses_unwritable_output(tmp_path, capsys):
     rc = main(["eval", "--data", str(tmp_path), "--out", str(blocker / "sub" / "r.json")])
     assert rc == 2
     assert "--out" in capsys.readouterr().err
+
+
+def test_one_shot_evaluation_uses_clean_examples_from_the_support_split():
+    support = tiny_dataset(8, seed=3, name="train")
+    cfg = EvalConfig(decoding=DecodingConfig(max_new_tokens=3, batch_size=4, shots=1),
+                     scorers=("BLEU", "CIDEr"))
+    result, rows = evaluate(tiny_model(), tiny_dataset(4), cfg, [build_attack("badnet")],
+                            support=support, progress=False)
+    assert all(r["prompt"].count("<image>") == 2 for r in rows)
+    support_ids = {s.id for s in support.samples}
+    assert all(r["in_context_id"] in support_ids for r in rows)
+    clean = [r["in_context_id"] for r in rows if r["set"] == "clean"]
+    triggered = [r["in_context_id"] for r in rows if r["set"] == "badnet/both"]
+    assert clean == triggered  # the same examples for the clean and the triggered twin
+    assert all("The image depicts" not in r["prompt"].split("<image>")[1] for r in rows)
+
+
+def test_vqa_split_is_scored_by_vqa_accuracy_and_answer_target_asr():
+    data = tiny_dataset(4)
+    for s in data.samples:
+        s.task, s.meta = "vqa", {"answers": ["red"] * 10}
+    cfg = _cfg(target="banana", matcher="substring")
+    result, _ = evaluate(tiny_model(), data, cfg, [build_attack("trojvqa")], progress=False)
+    assert set(result["metrics"]) == {"VQA_accuracy"}
+    assert 0.0 <= result["metrics"]["VQA_accuracy"] <= 100.0
+    assert result["asr"]["trojvqa"]["both"]["matcher"]["pattern"] == "banana"
