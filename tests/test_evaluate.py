@@ -67,6 +67,7 @@ def test_cli_eval_writes_results_and_generations(tmp_path, capsys):
     result = json.loads(out.read_text())
     assert result["eval_config"]["decoding"]["max_new_tokens"] == 3
     assert result["provenance"]["versions"]["torch"]
+    assert len(result["data"]["location"]["sha256"]["instructions"]) == 64
     lines = (tmp_path / "res" / "eval.generations.jsonl").read_text().splitlines()
     assert len(lines) == 4 * 4
 

@@ -29,7 +29,19 @@ def open_split(data: str, split: str, skip_invalid: bool = False):
     if not root.exists():
         raise DataError(f"--data {data}: no such folder")
     folder = root / split if (root / split).is_dir() else root
-    return load_split(folder, split, skip_invalid=skip_invalid)
+    dataset = load_split(folder, split, skip_invalid=skip_invalid)
+    dataset.meta["location"] = data_identity(folder, split)
+    return dataset
+
+
+def data_identity(folder: Path, split: str) -> dict:
+    """Where a split was read from and the sha256 of its files (recorded with results)."""
+    from ..data.mimicit import split_paths
+    from ..models.checkpoint import file_sha256
+
+    paths = split_paths(folder, split)
+    return {"folder": str(folder.resolve()), "split": split,
+            "sha256": {k: file_sha256(paths[k]) for k in ("instructions", "images") if paths[k].exists()}}
 
 
 def report_skipped(dataset) -> None:

@@ -135,6 +135,7 @@ def _record(dataset, cfg, matcher, attacks, identity, seconds) -> dict:
     return {"counts": {"samples": len(dataset), "attacks": len(attacks)},
             "matcher": matcher.to_dict(), "prompt_template": None,
             "eval_config": config_to_dict(cfg), "data": {"name": dataset.name,
-                                                          "source": dataset.meta.get("source")},
+                                                          "source": dataset.meta.get("source"),
+                                                          "location": dataset.meta.get("location")},
             "model": identity or {}, "seed": cfg.decoding.seed, "seconds": round(seconds, 2),
             "provenance": provenance()}

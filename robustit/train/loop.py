@@ -164,7 +164,8 @@ def train(model, dataset: InstructionSet, cfg: TrainConfig, run_dir: str | Path,
     optimizer = build_optimizer(params, cfg)
     total = data.total_steps()
     meta = {"method": method.describe(), "train_config": config_to_dict(cfg), "base": base_info or {},
-            "data": {"name": dataset.name, "n_samples": len(dataset), "meta": dataset.meta.get("source")},
+            "data": {"name": dataset.name, "n_samples": len(dataset), "source": dataset.meta.get("source"),
+                     "location": dataset.meta.get("location")},
             "trainable_parameters": n_trainable, "trainable_parts": list(model.spec.trainable_parts())}
     start = try_resume(model, optimizer, names, run_dir, method.extra_modules()) if resume else 0
 
