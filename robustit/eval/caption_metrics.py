@@ -40,7 +40,8 @@ import time
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
-from ..errors import ConfigError, DataError, RobustITError
+from .pairing import check_paired
+from ..errors import ConfigError, RobustITError
 
 SCORERS = ("BLEU", "METEOR", "ROUGE_L", "CIDEr", "SPICE")
 METRIC_KEYS = ("BLEU_1", "BLEU_2", "BLEU_3", "BLEU_4", "METEOR", "ROUGE_L", "CIDEr", "SPICE")
@@ -182,33 +183,9 @@ def _tokenizer_class(notes: list[str]):
 # Input checks and tokenisation
 # --------------------------------------------------------------------------------------------
 
-def _few(ids) -> str:
-    shown = sorted(map(str, ids))[:5]
-    return ", ".join(repr(i) for i in shown) + (", ..." if len(ids) > 5 else "")
-
-
 def _check_inputs(candidates: Mapping, references: Mapping) -> None:
     """Same ids on both sides, one string per candidate, a non-empty string list per reference."""
-    if not candidates:
-        raise DataError("score_captions: `candidates` is empty; nothing to score")
-    only_c = set(candidates) - set(references)
-    only_r = set(references) - set(candidates)
-    if only_c or only_r:
-        parts = []
-        if only_c:
-            parts.append(f"{len(only_c)} candidate id(s) have no references ({_few(only_c)})")
-        if only_r:
-            parts.append(f"{len(only_r)} reference id(s) have no candidate ({_few(only_r)})")
-        raise ConfigError("score_captions: `candidates` and `references` must have the same ids; "
-                          + "; ".join(parts) + ". Score the matching subset or fix the id mapping")
-    for key, cand in candidates.items():
-        if not isinstance(cand, str):
-            raise DataError(f"score_captions: candidate {key!r} is {type(cand).__name__}, "
-                            "expected a string (use '' for an empty generation)")
-    for key, refs in references.items():
-        if isinstance(refs, str) or not refs or not all(isinstance(r, str) for r in refs):
-            raise DataError(f"score_captions: references of {key!r} must be a non-empty list of "
-                            f"strings, got {refs!r}")
+    check_paired("score_captions", candidates, references, "candidate", "reference")
 
 
 def _one_line(text: str) -> str:

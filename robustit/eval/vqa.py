@@ -34,7 +34,7 @@ import re
 from collections import defaultdict
 from typing import Mapping, Sequence
 
-from ..errors import ConfigError, DataError
+from .pairing import check_paired
 
 _PUNCT = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@",
           "`", ",", "?", "!")
@@ -121,23 +121,7 @@ def question_accuracy(prediction: str, answers: Sequence[str]) -> float:
 
 
 def _check(predictions: Mapping, answers: Mapping) -> None:
-    if not predictions:
-        raise DataError("vqa_accuracy: `predictions` is empty; nothing to score")
-    only_p = set(predictions) - set(answers)
-    only_a = set(answers) - set(predictions)
-    if only_p or only_a:
-        few = sorted(map(str, only_p | only_a))[:5]
-        raise ConfigError(f"vqa_accuracy: `predictions` and `answers` must have the same question "
-                          f"ids; {len(only_p)} prediction id(s) lack answers and {len(only_a)} "
-                          f"answer id(s) lack a prediction (e.g. {few})")
-    for qid, pred in predictions.items():
-        if not isinstance(pred, str):
-            raise DataError(f"vqa_accuracy: prediction for {qid!r} is {type(pred).__name__}, "
-                            "expected a string")
-    for qid, refs in answers.items():
-        if isinstance(refs, str) or not refs or not all(isinstance(a, str) for a in refs):
-            raise DataError(f"vqa_accuracy: answers for {qid!r} must be a non-empty list of "
-                            f"strings, got {refs!r}")
+    check_paired("vqa_accuracy", predictions, answers, "prediction", "answer")
 
 
 def vqa_accuracy(predictions: Mapping[object, str], answers: Mapping[object, Sequence[str]],
