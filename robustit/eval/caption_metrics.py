@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
-from .pairing import check_paired
+from .pairing import check_paired, few_ids
 from ..errors import ConfigError, RobustITError
 
 SCORERS = ("BLEU", "METEOR", "ROUGE_L", "CIDEr", "SPICE")
@@ -200,7 +200,7 @@ def _tokenize(tokenizer_cls, captions: Mapping[object, Sequence[str]]) -> dict:
     bad = [k for k, caps in captions.items() if len(out.get(k, ())) != len(caps)]
     if bad:
         raise RobustITError(f"PTB tokenizer returned a different number of captions for "
-                            f"{len(bad)} id(s) ({_few(bad)}); a caption may hold a character the "
+                            f"{len(bad)} id(s) ({few_ids(bad)}); a caption may hold a character the "
                             f"Java tokenizer treats as a line break. Please report it")
     return out
 

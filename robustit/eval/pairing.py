@@ -7,7 +7,7 @@ from typing import Mapping
 from ..errors import ConfigError, DataError
 
 
-def _few(ids) -> str:
+def few_ids(ids) -> str:
     shown = sorted(map(str, ids))[:5]
     return ", ".join(repr(i) for i in shown) + (", ..." if len(ids) > 5 else "")
 
@@ -29,9 +29,9 @@ def check_paired(scorer: str, outputs: Mapping, truths: Mapping, output_name: st
     if only_o or only_t:
         parts = []
         if only_o:
-            parts.append(f"{len(only_o)} {output_name} id(s) have no {truth_name}s ({_few(only_o)})")
+            parts.append(f"{len(only_o)} {output_name} id(s) have no {truth_name}s ({few_ids(only_o)})")
         if only_t:
-            parts.append(f"{len(only_t)} {truth_name} id(s) have no {output_name} ({_few(only_t)})")
+            parts.append(f"{len(only_t)} {truth_name} id(s) have no {output_name} ({few_ids(only_t)})")
         raise ConfigError(f"{scorer}: `{output_name}s` and `{truth_name}s` must have the same ids; "
                           + "; ".join(parts) + ". Score the matching subset or fix the id mapping")
     for key, out in outputs.items():
