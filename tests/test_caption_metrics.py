@@ -228,3 +228,13 @@ def test_meteor_session_closes_its_jvm():
         proc = meteor.meteor_p
         assert proc.poll() is None
     assert proc.poll() is not None
+
+
+def test_a_tokenizer_that_loses_captions_is_reported_not_misscored():
+    class LosesOne:
+        def tokenize(self, captions):
+            return {k: [c["caption"] for c in caps][1:] if k == "b" else [c["caption"] for c in caps]
+                    for k, caps in captions.items()}
+
+    with pytest.raises(RobustITError, match="different number of captions for 1 id.*'b'"):
+        cm._tokenize(LosesOne, {"a": ["a dog"], "b": ["a cat", "two cats"]})
