@@ -23,6 +23,9 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="batch size")
     p.add_argument("--max-steps", type=int, default=None, help="stop after N steps (for smoke tests)")
     p.add_argument("--vocab-size", type=int, default=2048, help="BPE vocabulary size")
+    p.add_argument("--scene-loss-weight", type=float, default=0.0,
+                   help="weight of the auxiliary scene-attribute loss on the pooled perceiver output "
+                        "(uses the world's meta.scene; 0: off, as the shipped model was made)")
     p.add_argument("--model-config", metavar="JSON", default=None,
                    help="EmbeddedConfig overrides as JSON, e.g. '{\"lm_layers\": 2}'")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing resume state")
@@ -43,7 +46,9 @@ def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     cfg = preset_config("pretrain", lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
                         max_steps=args.max_steps, seed=args.seed, threads=args.threads,
-                        save_every=500)
+                        save_every=500,
+                        method_params={"scene_loss_weight": args.scene_loss_weight}
+                        if args.scene_loss_weight else {})
     pre = open_split(args.data, "pretrain")
     train_set = open_split(args.data, "train")
     model_cfg = None
