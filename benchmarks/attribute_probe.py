@@ -73,6 +73,33 @@ def features(model, images, batch: int = 200):
     return torch.cat(vis), torch.cat(per)
 
 
+def train_fresh_vision(model_cfg, images, metas, steps: int, lr: float):
+    """A fresh vision encoder (the base's sizes) trained on the attributes alone, summed BCE per
+    sample, batch 32; returns an object with encode_images/adapt for ``features``."""
+    from robustit.models.embedded import EmbeddedFlamingo
+    from robustit.models.tokenizer import train_tokenizer
+    from robustit.train.scene_supervision import SceneHead
+
+    torch.manual_seed(0)
+    tok = train_tokenizer(["a"], vocab_size=300)
+    fresh = EmbeddedFlamingo(model_cfg.__class__(**{**model_cfg.__dict__, "vocab_size": len(tok)}), tok)
+    head = SceneHead(model_cfg.vision_width)
+    params = list(fresh.vision_encoder.parameters()) + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=lr)
+    for step in range(steps):
+        i = torch.randint(0, 4000, (32,)).tolist()
+        v = fresh.encode_images(images[i][:, None])
+        targets = head.targets([metas[j] for j in i])
+        logits = head.linear(v.mean(dim=(1, 2)))
+        loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum(1).mean()
+        for g in opt.param_groups:
+            g["lr"] = lr * min(1.0, (step + 1) / 50)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return fresh.eval()
+
+
 def main() -> None:
     from robustit.cli.common import open_split
     from robustit.train.batching import ImageStore
@@ -82,6 +109,9 @@ def main() -> None:
     ap.add_argument("--data", required=True)
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--model", default="embedded", help="base model whose features are probed")
+    ap.add_argument("--train-vision-steps", type=int, default=0,
+                    help="also train a fresh vision encoder on the attributes for N steps and probe it")
+    ap.add_argument("--vision-lr", type=float, default=1e-3, help="learning rate for --train-vision-steps")
     args = ap.parse_args()
     from robustit.models.factory import load_base
 
@@ -94,8 +124,12 @@ def main() -> None:
     model, _ = load_base(args.model)
     vision, perceiver = features(model, images)
     print(f"labels {len(SceneHead(1).vocab)}; base-rate BCE {base_rate_bce(metas, SceneHead(1)):.4f}")
-    for name, x in (("raw pixels 16x16", F.avg_pool2d(images, 4).flatten(1)),
-                    ("vision encoder (mean)", vision), ("perceiver (mean)", perceiver)):
+    sets = [("raw pixels 16x16", F.avg_pool2d(images, 4).flatten(1)),
+            ("vision encoder (mean)", vision), ("perceiver (mean)", perceiver)]
+    if args.train_vision_steps:
+        fresh = train_fresh_vision(model.config, images, metas, args.train_vision_steps, args.vision_lr)
+        sets.append((f"fresh ViT, {args.train_vision_steps} steps", features(fresh, images)[0]))
+    for name, x in sets:
         x = (x - x[:4000].mean(0)) / (x[:4000].std(0) + 1e-6)
         _, auc = probe(x, metas, args.steps)
         print(f"{name:24s} AUC " +
