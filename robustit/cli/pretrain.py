@@ -23,9 +23,9 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="batch size")
     p.add_argument("--max-steps", type=int, default=None, help="stop after N steps (for smoke tests)")
     p.add_argument("--vocab-size", type=int, default=2048, help="BPE vocabulary size")
-    p.add_argument("--scene-loss-weight", type=float, default=0.0,
+    p.add_argument("--scene-loss-weight", type=float, default=0.05,
                    help="weight of the auxiliary scene-attribute loss on the pooled perceiver output "
-                        "(uses the world's meta.scene; 0: off, as the shipped model was made)")
+                        "(uses the world's meta.scene; 0: off; the shipped model used 0.05)")
     p.add_argument("--model-config", metavar="JSON", default=None,
                    help="EmbeddedConfig overrides as JSON, e.g. '{\"lm_layers\": 2}'")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing resume state")

@@ -67,7 +67,7 @@ class Pretrain(Method):
         scene_loss_weight: weight of the auxiliary scene-attribute loss on the pooled adapter
             output (see ``scene_supervision``); 0 switches it off. Samples without
             ``meta["scene"]`` (data other than the embedded world) contribute no such loss.
-            Default 0 (off): the shipped base model was pretrained without it.
+            Default 0.05 (the shipped base model); 0 switches it off.
     """
 
     name = "pretrain"
@@ -82,7 +82,7 @@ class Pretrain(Method):
             from ..errors import ConfigError
 
             raise ConfigError(f"unknown pretrain parameter(s) {sorted(unknown)}; valid: scene_loss_weight")
-        self.scene_weight = float(self.params.get("scene_loss_weight", 0.0))
+        self.scene_weight = float(self.params.get("scene_loss_weight", 0.05))
         check_range("scene_loss_weight", self.scene_weight, 0)
         self.head = None
 
