@@ -15,7 +15,7 @@ from typing import List, Optional
 from ..errors import RobustITError
 
 #: verb -> module under robustit.cli
-VERBS = ["data", "pretrain", "train", "generate", "poison", "eval"]
+VERBS = ["data", "pretrain", "train", "generate", "poison", "eval", "bench", "report", "activations"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,10 +1,13 @@
-"""`robustit data`: build the embedded world, show samples of a split, check a split.
+"""`robustit data`: build the embedded world, show samples of a split, check a split, convert a
+public dataset (MIMIC-IT, COCO/Flickr30k Karpathy, VQAv2, LLaVA) to the MIMIC-IT layout.
 
 Examples::
 
     robustit data build --out data/world --seed 0
     robustit data show --data data/world --split train --n 5
     robustit data check --data data/world --split test-a --skip-invalid
+    robustit data check --data coco/dataset_coco.json --split test --images coco
+    robustit data convert --from coco/dataset_coco.json --split test --images coco --out data/coco
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ def register(subparsers) -> None:
     _add_build(actions)
     _add_show(actions)
     _add_check(actions)
+    _add_convert(actions)
     p.set_defaults(func=run)
 
 
@@ -73,14 +77,42 @@ def _add_check(actions) -> None:
 
 
 def _add_split_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, metavar="DIR",
-                   help="a data root holding one folder per split, or a split folder itself")
-    p.add_argument("--split", required=True, help="split name, e.g. train, test-a, test-a-vqa")
+    from .common import add_format_args
+
+    p.add_argument("--data", required=True, metavar="PATH",
+                   help="a data root holding one folder per split, a split folder itself, or a "
+                        "public dataset file/folder (see --format)")
+    p.add_argument("--split", default=None,
+                   help="split name, e.g. train, test-a, test-a-vqa; Karpathy: test|val|train|"
+                        "restval; VQAv2: val2014|train2014 (needed unless the format has no splits)")
+    add_format_args(p)
+
+
+def _add_convert(actions) -> None:
+    c = actions.add_parser("convert", help="write a public dataset in the MIMIC-IT layout",
+                           description="Load a local copy of a public dataset (MIMIC-IT with JSON "
+                                       "or parquet images, COCO/Flickr30k Karpathy, VQAv2, LLaVA) "
+                                       "and write it as split NAME into OUT/NAME/ (MIMIC-IT layout, "
+                                       "+ NAME_coco_gt.json for captioning sets with references), "
+                                       "so every verb reads it with --data OUT --split NAME.")
+    c.add_argument("--from", dest="data", required=True, metavar="PATH",
+                   help="the dataset file or folder")
+    c.add_argument("--split", default=None, help="split to take (Karpathy: test|val|train|restval, "
+                                                 "'+'-joined; VQAv2: val2014|train2014)")
+    from .common import add_format_args
+
+    add_format_args(c)
+    c.add_argument("--out", required=True, metavar="DIR", help="data root to write OUT/NAME/ into")
+    c.add_argument("--name", default=None, help="split name to write (default: the split, or the "
+                                                "file name for formats without splits)")
+    c.add_argument("--skip-invalid", action="store_true",
+                   help="skip records with missing fields or missing/corrupt images and count them")
 
 
 def run(args: argparse.Namespace) -> int:
     """Dispatch to the chosen action; returns the exit status."""
-    return {"build": run_build, "show": run_show, "check": run_check}[args.data_action](args)
+    return {"build": run_build, "show": run_show, "check": run_check,
+            "convert": run_convert}[args.data_action](args)
 
 
 # --------------------------------------------------------------------------------------------
@@ -113,21 +145,24 @@ def run_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _split_folder(data: str, split: str) -> Path:
-    """``DATA/SPLIT`` when it exists (a data root), else ``DATA`` (a split folder)."""
-    root = Path(data)
-    if not root.is_dir():
-        raise DataError(f"--data {data}: no such folder; build one with `robustit data build --out {data}`")
-    return root / split if (root / split).is_dir() else root
+def _load(args: argparse.Namespace, validate: bool, skip_invalid: bool = False):
+    """The set named by --data/--split: a robustit split (``DATA/SPLIT`` or ``DATA``, read by
+    ``load_split`` as before) or a public format (``load_dataset``: --format/--images/--limit)."""
+    from ..data.formats import load_dataset
+
+    if not Path(args.data).exists():
+        raise DataError(f"--data {args.data}: no such file or folder; build one with "
+                        f"`robustit data build --out {args.data}` or give a dataset file")
+    return load_dataset(args.data, args.format, split=args.split, images=args.images,
+                        limit=args.limit, skip_invalid=skip_invalid, validate_images=validate)
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from ..data.mimicit import load_split
     from ..data.records import decode_image
 
     if args.n < 1 or args.start < 0:
         raise DataError(f"--n must be >= 1 and --start >= 0; got --n {args.n} --start {args.start}")
-    dataset = load_split(_split_folder(args.data, args.split), args.split, validate_images=False)
+    dataset = _load(args, validate=False)
     for s in dataset.samples[args.start:args.start + args.n]:
         shapes = ", ".join("x".join(map(str, decode_image(dataset.images[i], where=f"image {i!r}").shape[:2]))
                            for i in s.image_ids)
@@ -138,23 +173,38 @@ def run_show(args: argparse.Namespace) -> int:
             print(f"  reference:   {ref}")
         if "answers" in s.meta:
             print(f"  answers:     {s.meta['answers']} ({s.meta.get('question_type')})")
-    print(f"({len(dataset)} samples in {args.split})")
+    print(f"({len(dataset)} samples in {dataset.name})")
     return 0
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from ..data.mimicit import load_split
-
-    dataset = load_split(_split_folder(args.data, args.split), args.split,
-                         skip_invalid=args.skip_invalid, validate_images=True)
+    dataset = _load(args, validate=True, skip_invalid=args.skip_invalid)
     tasks: Dict[str, int] = {}
     for s in dataset.samples:
         tasks[s.task] = tasks.get(s.task, 0) + 1
-    print(f"{args.split}: {len(dataset)} valid samples, {len(dataset.images)} images, tasks {tasks}, "
+    print(f"{dataset.name}: {len(dataset)} valid samples, {len(dataset.images)} images, tasks {tasks}, "
           f"in-context map: {'yes' if dataset.in_context is not None else 'no'}")
     skipped = dataset.meta.get("skipped", 0)
     if args.skip_invalid:
         print(f"skipped {skipped} invalid record(s)")
         for reason in dataset.meta.get("skipped_reasons", [])[:10]:
             print(f"  - {reason}")
+    return 0
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    """Load --from in its format and write OUT/NAME/ in the MIMIC-IT layout (+ COCO gt)."""
+    from ..data.formats import convert_dataset
+
+    dataset = _load(args, validate=True, skip_invalid=args.skip_invalid)
+    written = convert_dataset(dataset, args.out, args.name)
+    name = args.name or dataset.name
+    fmt = dataset.meta.get("format", {}).get("name")
+    print(f"{name}: {len(dataset)} samples, {len(dataset.images)} images ({fmt}) -> "
+          f"{written['instructions'].parent}")
+    if "coco_gt" in written:
+        print(f"COCO caption ground truth: {written['coco_gt']}")
+    if dataset.meta.get("skipped"):
+        print(f"skipped {dataset.meta['skipped']} invalid record(s) (--skip-invalid)")
+    print(f"use it with: --data {args.out} --split {name}")
     return 0

@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def register(sub) -> None:
-    from .common import add_model_args, add_param_arg, add_threads_arg
+    from .common import add_format_args, add_inference_defense_args, add_model_args, add_param_arg, add_threads_arg
 
     p = sub.add_parser("eval", help="evaluate a model: quality + ASR, one results JSON",
                        description="Generate for a clean test split and, for each --attack, its "
@@ -18,6 +18,7 @@ def register(sub) -> None:
                                    "OUT.generations.jsonl so every number can be re-scored.")
     add_model_args(p)
     p.add_argument("--data", required=True, metavar="DIR", help="data root or split folder")
+    add_format_args(p)
     p.add_argument("--split", default="test-a", help="test split (default: test-a)")
     p.add_argument("--support", default="train",
                    help="split for one-shot examples and for preparing learned triggers (default: train)")
@@ -50,6 +51,7 @@ def register(sub) -> None:
     p.add_argument("--cache", default=None, metavar="DIR",
                    help="cache for learned triggers (default: $ROBUSTIT_CACHE/attacks or ~/.cache/robustit/attacks)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_inference_defense_args(p)
     add_threads_arg(p)
     p.set_defaults(func=run)
 
@@ -72,17 +74,18 @@ def run(args: argparse.Namespace) -> int:
     from ..eval.generation import DecodingConfig
     from ..io import atomic_write_json, atomic_write_text
     from ..models.factory import load_model
-    from .common import open_split, parse_params, set_threads, tuned_folder
+    from .common import data_options, inference_defenses, open_split, parse_params, set_threads, tuned_folder
 
+    inference_defenses(args)  # a bad blacklist or share fails before anything is loaded
     check_writable(args.out)
     set_threads(args.threads)
-    dataset = open_split(args.data, args.split)
+    dataset = open_split(args.data, args.split, **data_options(args))
     if args.n:
         dataset.samples = dataset.samples[: args.n]
     model, info, tuned_meta = load_model(args.model, tuned_folder(args.tuned))
     specs, target = _attacks(args, parse_params(args.param))
     attacks = [a for a, _ in specs]
-    support = open_split(args.data, args.support) if (args.shots or attacks) else None
+    support = open_split(args.data, args.support, **{**data_options(args), "limit": None}) if (args.shots or attacks) else None
     if specs:
         _prepare(specs, support, args)
     cfg = EvalConfig(decoding=DecodingConfig(max_new_tokens=args.max_new_tokens, num_beams=args.beams,
@@ -90,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
                      target=args.target or target or DEFAULT_TARGET, matcher=args.matcher,
                      pattern=args.pattern, halves=tuple(h.strip() for h in args.halves.split(",")),
                      spice_jars=args.spice_jars,
-                     scorers=tuple(x.strip() for x in args.scorers.split(",") if x.strip()))
+                     scorers=tuple(x.strip() for x in args.scorers.split(",") if x.strip()),
+                     prompt_filter=args.prompt_filter, magnitude_prune=args.magnitude_prune)
     identity = {"base": info.to_dict(), "tuned": tuned_folder(args.tuned),
                 "tuned_method": tuned_meta.get("method")}
     result, rows = evaluate(model, dataset, cfg, attacks, support, progress=not args.quiet,

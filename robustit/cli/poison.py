@@ -22,7 +22,7 @@ import torch
 
 from ..errors import ConfigError
 from ..io import atomic_write_json, provenance
-from .common import add_param_arg, open_split, parse_params, report_skipped
+from .common import add_format_args, add_param_arg, data_options, open_split, parse_params, report_skipped
 
 DEFAULT_INSTRUCTION = "Describe the image briefly."
 
@@ -40,6 +40,7 @@ def register(subparsers) -> None:
     p.add_argument("--skip-invalid", action="store_true",
                    help="skip input records with a missing/corrupt image or missing fields (default: "
                         "stop at the first one with an error)")
+    add_format_args(p)
     p.add_argument("--attack", help="attack name (badnet, blended, sig, ssba, ftrojan, trojvqa, vltrojan)")
     p.add_argument("--rate", type=float, help="fraction of eligible samples to poison, in (0, 1]; 0.01 = 1 %%")
     p.add_argument("--target", default=DEFAULT_TARGET, help="target response of poisoned samples "
@@ -166,7 +167,7 @@ def make_attack(args: argparse.Namespace, name: str, ctx, params: Optional[Dict[
 
 
 def load_input(args: argparse.Namespace):
-    dataset = open_split(str(args.data), args.split, skip_invalid=args.skip_invalid)
+    dataset = open_split(str(args.data), args.split, skip_invalid=args.skip_invalid, **data_options(args))
     report_skipped(dataset)
     return dataset
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import (add_data_args, add_model_args, add_param_arg, add_threads_arg, open_split,
+from .common import (add_data_args, data_options, add_model_args, add_param_arg, add_threads_arg, open_split,
                      parse_params, report_skipped)
 
 
@@ -16,12 +16,13 @@ def register(sub) -> None:
                                    "Writes RUN/checkpoint (tuned parts only), RUN/resume, RUN/logs "
                                    "(TensorBoard + loss.jsonl) and RUN/train.json. Rerunning with the "
                                    "same --out resumes from the last saved step.")
-    add_data_args(p)
+    add_data_args(p, formats=True)
     add_model_args(p, tuned=False)
     p.add_argument("--out", required=True, metavar="RUN", help="run folder to write")
     p.add_argument("--method", default="vanilla",
-                   help="tuning method: vanilla (VanillaIT), robustit (IDR + AAR), ... "
-                        "(see `robustit train --list-methods`)")
+                   help="tuning method: vanilla (VanillaIT), robustit (IDR + AAR), the baselines "
+                        "fineprune and cleanclip (--param percentile=20, --param variants=2; see "
+                        "docs/baselines.md), ... (see `robustit train --list-methods`)")
     p.add_argument("--list-methods", action="store_true", help="print the known methods and exit")
     p.add_argument("--preset", default="embedded-cpu",
                    help="hyper-parameter preset: embedded-cpu (measured for the embedded model) or "
@@ -75,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
                         epochs=args.epochs, max_steps=args.max_steps, seed=args.seed,
                         save_every=args.save_every, threads=args.threads,
                         cache_vision=not args.no_cache_vision, method_params=method_params(args))
-    dataset = open_split(args.data, args.split, skip_invalid=args.skip_invalid)
+    METHODS.get(cfg.method)(cfg.method_params)  # bad method parameters fail before any loading
+    dataset = open_split(args.data, args.split, skip_invalid=args.skip_invalid, **data_options(args))
     model, info = load_base(args.model)
     summary = train(model, dataset, cfg, args.out, base_info={**info.to_dict(), "identity": model.identity()},
                     progress=not args.quiet, resume=not args.no_resume)

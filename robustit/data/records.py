@@ -74,6 +74,16 @@ class InstructionSet:
     def by_id(self) -> Dict[str, Sample]:
         return {s.id: s for s in self.samples}
 
+    def head(self, n: int) -> "InstructionSet":
+        """The first ``n`` samples, with only the images and in-context entries they use."""
+        samples = self.samples[:n]
+        used = {i for s in samples for i in s.image_ids}
+        keep = {s.id for s in samples}
+        in_context = None if self.in_context is None else {
+            k: [i for i in v if i in keep] for k, v in self.in_context.items() if k in keep}
+        return InstructionSet(self.name, samples, {k: v for k, v in self.images.items() if k in used},
+                              dict(self.meta), in_context)
+
 
 def decode_image(data: bytes, where: str = "image") -> np.ndarray:
     """Decode PNG/JPEG bytes to uint8 (H, W, 3). Raises DataError naming ``where``."""

@@ -5,6 +5,13 @@
 * :mod:`robustit.defenses.aar`: ``AARConfig`` and builders around
   :mod:`robustit.models.masks` (``ChannelMask``, ``channel_mask_hooks``).
 * :mod:`robustit.defenses.synonyms`: ``SynonymSource`` (local WordNet or the shipped table).
+
+Baselines (paper App. F and Table 10; docs/baselines.md):
+
+* :mod:`robustit.defenses.fineprune`: Fine-Pruning's activity measurement and fixed mask.
+* :mod:`robustit.defenses.cleanclip`: CleanCLIP's augmented variants (reuses IDR's A^t / A^v).
+* :mod:`robustit.defenses.prompt_filter`: ``PromptFilter`` (blacklisted tokens out at inference).
+* :mod:`robustit.defenses.magnitude_prune`: ``magnitude_prune`` (adapter weights before inference).
 """
 
 from .aar import (
@@ -29,6 +36,10 @@ from .idr import (
     label_conflicts,
     pooled_embedding,
 )
+from .cleanclip import CleanCLIPAugment, CleanCLIPConfig
+from .fineprune import FinePruneConfig
+from .magnitude_prune import magnitude_prune
+from .prompt_filter import PromptFilter
 from .synonyms import SynonymSource
 
 __all__ = [
@@ -51,4 +62,9 @@ __all__ = [
     "label_conflicts",
     "pooled_embedding",
     "SynonymSource",
+    "CleanCLIPAugment",
+    "CleanCLIPConfig",
+    "FinePruneConfig",
+    "magnitude_prune",
+    "PromptFilter",
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..attacks.base import Attack
 from ..attacks.poison import trigger_dataset
@@ -40,6 +40,11 @@ class EvalConfig:
         halves: which trigger halves to measure ASR for.
         spice_jars: folder with the two Stanford CoreNLP 3.6.0 jars (None: SPICE is null).
         scorers: caption scorers to run.
+        prompt_filter: inference defense: drop blacklisted tokens from every instruction (clean
+            and triggered) before generation: ``perfect``, ``realistic`` or a blacklist file
+            (None: off). See ``robustit.defenses.prompt_filter``.
+        magnitude_prune: inference defense: share in [0, 1) of each adapter weight matrix zeroed
+            by smallest |w| before generation (0: off). Prunes the given model in place.
     """
 
     decoding: DecodingConfig
@@ -49,11 +54,19 @@ class EvalConfig:
     halves: Tuple[str, ...] = HALVES
     spice_jars: Optional[str] = None
     scorers: Tuple[str, ...] = ("BLEU", "METEOR", "ROUGE_L", "CIDEr", "SPICE")
+    prompt_filter: Optional[str] = None
+    magnitude_prune: float = 0.0
 
     def __post_init__(self) -> None:
+        from ..defenses.magnitude_prune import check_share
+        from ..defenses.prompt_filter import PromptFilter
+
         bad = [h for h in self.halves if h not in HALVES]
         if bad:
             raise ConfigError(f"`halves` must be among {list(HALVES)}; got {bad}")
+        check_share(self.magnitude_prune, "magnitude_prune")
+        if self.prompt_filter is not None:
+            PromptFilter.from_spec(self.prompt_filter)  # a list that does not load fails now
 
     def build_matcher(self) -> Matcher:
         return Matcher.from_target(self.target, mode=self.matcher, keyword=self.pattern)
@@ -92,17 +105,37 @@ def quality(task: str, dataset: InstructionSet, outputs: Dict[str, str], cfg: Ev
     return {"metrics": {"VQA_accuracy": vqa_accuracy(outputs, answers)["accuracy"]}}
 
 
+def inference_defenses(model, cfg: EvalConfig) -> Tuple[Optional[Callable[[str], str]], dict]:
+    """Apply ``cfg``'s inference-time defenses: magnitude-prune ``model``'s adapter in place
+    (idempotent: the zeroed weights are the smallest the next time) and build the prompt filter.
+
+    Returns:
+        (prompt filter or None, JSON record {"prompt_filter", "magnitude_prune"}).
+    """
+    from ..defenses.magnitude_prune import magnitude_prune
+    from ..defenses.prompt_filter import PromptFilter
+
+    filt = PromptFilter.from_spec(cfg.prompt_filter) if cfg.prompt_filter is not None else None
+    pruned = magnitude_prune(model, cfg.magnitude_prune) if cfg.magnitude_prune else None
+    return filt, {"prompt_filter": filt.describe() if filt else None, "magnitude_prune": pruned}
+
+
 def evaluate(model, dataset: InstructionSet, cfg: EvalConfig, attacks: Sequence[Attack] = (),
              support: Optional[InstructionSet] = None, progress: bool = True,
              identity: Optional[dict] = None) -> Tuple[dict, List[dict]]:
-    """Run one evaluation. Returns (result, generation rows); nothing is written here."""
+    """Run one evaluation. Returns (result, generation rows); nothing is written here.
+
+    With ``cfg.magnitude_prune`` the model's adapter is pruned in place before generation.
+    """
     task = check_ground_truth(dataset)
     if task == "caption":
         check_environment(cfg.spice_jars, cfg.scorers)  # Java, scorer names, SPICE jars: fail now
     matcher = cfg.build_matcher()
     preflight_attacks(dataset, attacks)
+    prompt_filter, defenses = inference_defenses(model, cfg)
     t0 = time.perf_counter()
-    rows = generate_for_set(model, dataset, cfg.decoding, support, progress, desc="clean")
+    rows = generate_for_set(model, dataset, cfg.decoding, support, progress, desc="clean",
+                            prompt_filter=prompt_filter)
     for r in rows:
         r["set"] = "clean"
     outputs = {r["id"]: r["output"] for r in rows}
@@ -111,21 +144,24 @@ def evaluate(model, dataset: InstructionSet, cfg: EvalConfig, attacks: Sequence[
               "asr": {}}
     for attack in attacks:
         result["asr"][attack.name], new_rows = _attack_asr(model, dataset, attack, cfg, matcher,
-                                                           support, progress)
+                                                           support, progress, prompt_filter)
         rows += new_rows
     result.update(_record(dataset, cfg, matcher, attacks, identity, time.perf_counter() - t0))
+    result["inference_defenses"] = defenses
     result["prompt_template"] = model.template.to_dict()
     return result, rows
 
 
-def _attack_asr(model, dataset, attack, cfg, matcher, support, progress) -> Tuple[dict, List[dict]]:
+def _attack_asr(model, dataset, attack, cfg, matcher, support, progress,
+                prompt_filter=None) -> Tuple[dict, List[dict]]:
     out, rows = {"attack": attack.describe()}, []
     for half in cfg.halves:
         if half == "text" and not attack.text_trigger:
             out[half] = None  # this reading of the attack has no text trigger
             continue
         twin = trigger_dataset(dataset, attack, halves=half)
-        gen = generate_for_set(model, twin, cfg.decoding, support, progress, desc=f"{attack.name}/{half}")
+        gen = generate_for_set(model, twin, cfg.decoding, support, progress, desc=f"{attack.name}/{half}",
+                               prompt_filter=prompt_filter)
         out[half] = attack_success_rate([g["output"] for g in gen], matcher).to_dict()
         rows += [{**g, "set": f"{attack.name}/{half}"} for g in gen]
     return out, rows

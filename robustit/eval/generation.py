@@ -8,7 +8,7 @@ generator, so the same seed gives the same examples for the clean and the trigge
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -50,8 +50,14 @@ def pick_examples(queries: Sequence[Sample], support: InstructionSet, seed: int,
 
 def generate_for_set(model, dataset: InstructionSet, decoding: DecodingConfig,
                      support: Optional[InstructionSet] = None, progress: bool = True,
-                     desc: str = "generating") -> List[Dict]:
-    """Generate a response for every sample. Returns one dict per sample: id, prompt, output."""
+                     desc: str = "generating",
+                     prompt_filter: Optional[Callable[[str], str]] = None) -> List[Dict]:
+    """Generate a response for every sample. Returns one dict per sample: id, prompt, output.
+
+    ``prompt_filter`` (e.g. a :class:`robustit.defenses.prompt_filter.PromptFilter`) rewrites
+    every instruction in the prompt (the query's and a one-shot example's, never a response)
+    before templating; the row's ``prompt`` shows the filtered text.
+    """
     samples = dataset.samples
     examples = None
     if decoding.shots == 1:
@@ -66,18 +72,19 @@ def generate_for_set(model, dataset: InstructionSet, decoding: DecodingConfig,
                       leave=False):
         chunk = samples[start:start + decoding.batch_size]
         ex = examples[start:start + decoding.batch_size] if examples else None
-        out.extend(_generate_chunk(model, chunk, ex, store, ex_store, decoding))
+        out.extend(_generate_chunk(model, chunk, ex, store, ex_store, decoding, prompt_filter))
     return out
 
 
-def _generate_chunk(model, chunk, examples, store, ex_store, decoding) -> List[Dict]:
+def _generate_chunk(model, chunk, examples, store, ex_store, decoding, prompt_filter=None) -> List[Dict]:
     images = store.batch([s.image_ids[:1] for s in chunk])  # (B, 1, 3, H, W)
+    keep = prompt_filter or (lambda text: text)
     if examples:
         images = torch.cat([ex_store.batch([e.image_ids[:1] for e in examples]), images], dim=1)
-        prompts = model.prompts([s.instruction for s in chunk],
-                                [[(e.instruction, e.answer)] for e in examples])
+        prompts = model.prompts([keep(s.instruction) for s in chunk],
+                                [[(keep(e.instruction), e.answer)] for e in examples])
     else:
-        prompts = model.prompts([s.instruction for s in chunk])
+        prompts = model.prompts([keep(s.instruction) for s in chunk])
     texts = model.generate(prompts, images=images.to(model.device),
                            max_new_tokens=decoding.max_new_tokens, num_beams=decoding.num_beams,
                            use_cache=decoding.use_cache)

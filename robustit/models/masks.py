@@ -1,4 +1,5 @@
-"""Channel masks: AAR's importance-tracked top-k mask (and, later, Fine-Pruning's fixed mask).
+"""Channel masks: AAR's importance-tracked top-k mask (and Fine-Pruning's fixed mask, built by
+``robustit.defenses.fineprune``: ``tracking=False``, set with ``set_mask``).
 
 The RobustIT paper's Anomalous Activation Regularization (Sec. 3.4, Eqs. 9-11) keeps, of the D
 channels of the adapter's visual features X (B, T, N, D), the k = floor(gamma * D) channels

@@ -1,3 +1,4 @@
-"""Tuning: presets, methods (vanilla, robustit, pretrain), the loop, resume state."""
+"""Tuning: presets, methods (vanilla, robustit, pretrain, fineprune, cleanclip), the loop, resume state."""
 
 from . import robustit_method  # noqa: F401  (registers the "robustit" method)
+from . import baselines  # noqa: F401  (registers the "fineprune" and "cleanclip" baselines)

@@ -140,6 +140,25 @@ def try_resume(model, optimizer, names, run_dir: Path, method_modules: Dict[str,
     return int(state["step"])
 
 
+def train_step(model, method: Method, optimizer, params: Dict[str, torch.nn.Parameter],
+               data: TrainData, cfg: TrainConfig, step: int, total: int):
+    """One optimizer step on batch ``step`` (also timed alone by benchmarks/bench_cost.py).
+
+    Returns:
+        (loss scalar tensor, logs dict, the Batch).
+    """
+    batch = data.batch(step)
+    for group in optimizer.param_groups:
+        group["lr"] = cfg.lr * cosine_with_warmup(step, total, cfg.warmup_ratio)
+    loss, logs = method.loss(model, batch, torch_generator(derive_seed(cfg.seed, "step", step)))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.grad_clip)
+    optimizer.step()
+    return loss, logs, batch
+
+
 def train(model, dataset: InstructionSet, cfg: TrainConfig, run_dir: str | Path,
           base_info: Optional[dict] = None, progress: bool = True, resume: bool = True) -> dict:
     """Tune ``model`` on ``dataset`` with ``cfg.method``; write checkpoints and logs to run_dir.
@@ -177,15 +196,7 @@ def train(model, dataset: InstructionSet, cfg: TrainConfig, run_dir: str | Path,
     bar = tqdm(range(start, total), desc=f"{cfg.method} tuning", disable=not progress,
                initial=start, total=total)
     for step in bar:
-        batch = data.batch(step)
-        for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * cosine_with_warmup(step, total, cfg.warmup_ratio)
-        loss, logs = method.loss(model, batch, torch_generator(derive_seed(cfg.seed, "step", step)))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.grad_clip)
-        optimizer.step()
+        loss, logs, batch = train_step(model, method, optimizer, params, data, cfg, step, total)
         seen += len(batch.samples)
         if step % cfg.log_every == 0 or step == total - 1:
             _log(writer, log_path, step, {**logs, "loss": loss.item(), "lr": optimizer.param_groups[0]["lr"]})
@@ -195,6 +206,9 @@ def train(model, dataset: InstructionSet, cfg: TrainConfig, run_dir: str | Path,
     writer.close()
 
     # -- finish -------------------------------------------------------------------------------
+    finished = method.finish(model, data, optimizer, cfg)  # e.g. Fine-Pruning's mask + re-tune
+    if finished:
+        meta = {**meta, "finish": finished}
     model.eval()
     wall = time.perf_counter() - t0
     summary = {**meta, "steps": total, "resumed_from_step": start, "wall_seconds": round(wall, 2),

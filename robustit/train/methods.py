@@ -47,6 +47,22 @@ class Method:
     def describe(self) -> Dict:
         return {"name": self.name, "params": self.params}
 
+    def finish(self, model, data, optimizer, cfg) -> Dict:
+        """Called once after the last training step, before the final checkpoint is written
+        (e.g. Fine-Pruning measures activations, sets a mask and re-tunes here).
+
+        Args:
+            model: the tuned model (in training mode).
+            data: the loop's ``TrainData`` (``dataset``, ``store``, ``batch(step)``, ``total_steps()``).
+            optimizer: the run's optimizer (its state continues if the method trains further).
+            cfg: the run's ``TrainConfig``.
+
+        Returns:
+            a JSON-ready dict recorded under ``"finish"`` in train.json and the checkpoint's
+            tuned.json; ``{}`` (the default) records nothing.
+        """
+        return {}
+
     def loss(self, model, batch: Batch, generator: torch.Generator) -> Tuple[torch.Tensor, Dict[str, float]]:
         """Scalar loss and a dict of floats to log."""
         out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,

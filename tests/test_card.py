@@ -1,6 +1,5 @@
-"""The model card and the main job's table are rendered from result files, not typed by hand."""
+"""The model card is rendered from result files, not typed by hand."""
 
-from robustit.main_job import render_table
 from robustit.models.card import render
 
 
@@ -19,11 +18,3 @@ def test_card_lists_pretraining_and_metrics_from_the_files():
     text = render(config, [("test-a zero-shot", _result(88.8))])
     assert "`robustit pretrain --data w`" in text and "123.4 s" in text and "7,700,000" in text
     assert "| test-a zero-shot | 70.0 | 30.2 | - | 55.0 | 88.8 | 200 |" in text
-
-
-def test_main_table_shows_metrics_and_asr_per_half():
-    table = render_table([("none", "vanilla", "test-a", _result(80.0)),
-                          ("blended", "robustit", "test-b", _result(75.5, asr=12.5))])
-    lines = table.splitlines()
-    assert lines[2].startswith("| none | vanilla | test-a | 30.2 | - | 55.0 | 80.0 | 0.5 | - | - | - |")
-    assert lines[3] == "| blended | robustit | test-b | 30.2 | - | 55.0 | 75.5 | 0.5 | 12.5 | 1.0 | - |"

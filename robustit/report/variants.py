@@ -1,0 +1,106 @@
+"""Names and roles of groups: which paper label a method has and which table a group feeds.
+
+Method naming (the paper's): ``vanilla`` -> VanillaIT; ``robustit`` with ``components=both``
+-> RobustIT, ``idr`` -> IDR only, ``aar`` -> AAR only; other methods keep their name.
+Hyper-parameters that differ from RobustIT's defaults are appended, e.g. ``RobustIT (α=1)``.
+
+Every group has one *role*:
+
+* ``main``: VanillaIT, RobustIT at its defaults, other methods, and any variant no ablation
+  table holds (it is never dropped from the report);
+* ``components``: IDR only / AAR only at default hyper-parameters (Table 2);
+* ``alpha_gamma``: RobustIT (both) with default beta and another alpha or gamma (Table 3);
+* ``beta``: RobustIT (both) with default alpha and gamma and another beta (Table 4).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+from .aggregate import ROBUSTIT_DEFAULTS
+
+ATTACK_ORDER = ("none", "badnet", "sig", "blended", "ssba", "ftrojan", "trojvqa", "vltrojan")
+ATTACK_NAMES = {"none": "No attack", "badnet": "BadNet", "sig": "SIG", "blended": "Blended",
+                "ssba": "SSBA", "ftrojan": "FTrojan", "trojvqa": "TrojVQA", "vltrojan": "VLTrojan"}
+METHOD_ORDER = ("VanillaIT", "RobustIT", "AAR only", "IDR only")
+_COMPONENT_NAMES = {"both": "RobustIT", "idr": "IDR only", "aar": "AAR only"}
+_SYMBOLS = {"alpha": "α", "beta": "β", "gamma": "γ"}
+HYPER = ("alpha", "beta", "gamma")
+
+
+def robustit_params(params: Dict) -> Dict:
+    """RobustIT parameters with the defaults filled in (numbers as floats)."""
+    out = {**ROBUSTIT_DEFAULTS, **(params or {})}
+    for name in HYPER:
+        if isinstance(out[name], (int, float)):
+            out[name] = float(out[name])
+    return out
+
+
+def _fmt(value) -> str:
+    """A parameter value as written in labels (2.0 -> 2, 0.5 -> 0.5)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _robustit_label(params: Dict) -> Tuple[str, str]:
+    """(label, role) of a robustit group."""
+    full = robustit_params(params)
+    changed = [h for h in HYPER if full[h] != ROBUSTIT_DEFAULTS[h]]
+    extras = {k: v for k, v in full.items() if k not in ROBUSTIT_DEFAULTS}
+    base = _COMPONENT_NAMES.get(full["components"], f"robustit[{full['components']}]")
+    parts = [f"{_SYMBOLS[h]}={_fmt(full[h])}" for h in changed]
+    parts += [f"{k}={_fmt(v)}" for k, v in sorted(extras.items())]
+    label = f"{base} ({', '.join(parts)})" if parts else base
+    if full["components"] == "both" and changed and set(changed) <= {"alpha", "gamma"}:
+        return label, "alpha_gamma"
+    if full["components"] == "both" and changed == ["beta"]:
+        return label, "beta"
+    if full["components"] in ("idr", "aar") and not changed:
+        return label, "components"
+    return label, "main"
+
+
+def method_label(key: Dict) -> Tuple[str, str]:
+    """(label, role) of a group key; see the module docstring."""
+    method, params = key["method"], key.get("params") or {}
+    if method == "robustit":
+        return _robustit_label(params)
+    base = "VanillaIT" if method == "vanilla" else method
+    if params:
+        base += " (" + ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(params.items())) + ")"
+    return base, "main"
+
+
+def is_default_robustit(key: Dict) -> bool:
+    """RobustIT (both components) at default alpha, beta, gamma (extra params allowed)."""
+    if key["method"] != "robustit":
+        return False
+    full = robustit_params(key.get("params") or {})
+    return all(full[k] == v for k, v in ROBUSTIT_DEFAULTS.items())
+
+
+def attack_label(key: Dict) -> str:
+    """``Blended 1%``, ``Blended 5% (image-only)``, ``No attack``."""
+    attack = key["attack"]
+    if attack == "none":
+        return ATTACK_NAMES["none"]
+    rate = f"{_fmt(round(float(key.get('rate', 0.0)) * 100, 4))}%"
+    mode = key.get("text_trigger_mode", "paper")
+    label = f"{ATTACK_NAMES.get(attack, attack)} {rate}"
+    return label if mode == "paper" else f"{label} ({mode})"
+
+
+def attack_rank(key: Dict) -> Tuple:
+    """Sort key: the paper's attack order, then rate and trigger mode."""
+    attack = key["attack"]
+    rank = ATTACK_ORDER.index(attack) if attack in ATTACK_ORDER else len(ATTACK_ORDER)
+    return (rank, attack, float(key.get("rate", 0.0)), str(key.get("text_trigger_mode", "")))
+
+
+def method_rank(label: str) -> Tuple:
+    """Sort key: VanillaIT, RobustIT, AAR only, IDR only, then the rest by name."""
+    base = label.split(" (")[0]
+    rank = METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER)
+    return (rank, label)
