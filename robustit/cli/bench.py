@@ -26,6 +26,10 @@ def register(sub) -> None:
     p.add_argument("--shard", default=None, metavar="I/N",
                    help="run only slice I of N (1-based; whole training runs are dealt round-robin, "
                         "so N machines with I = 1..N cover the grid exactly once)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="training runs at a time, each in its own process with --threads torch threads "
+                        "(default 1 thread per process when N > 1); on a CPU, N = the number of cores "
+                        "beats one process with N threads (default: 1, in this process)")
     p.add_argument("--dry-run", action="store_true", help="print the cells (of this shard) and exit")
     p.add_argument("--list-specs", action="store_true", help="print the shipped specs and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -52,6 +56,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.out:
         raise ConfigError("--out is required: the folder the grid's results go to")
-    records = Bench(spec, Path(args.out), Path(args.world), quiet=args.quiet).run(shard)
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs {args.jobs}: must be at least 1")
+    bench = Bench(spec, Path(args.out), Path(args.world), quiet=args.quiet)
+    if args.jobs == 1:
+        records = bench.run(shard)
+    else:
+        from ..bench.parallel import run_parallel
+
+        records = run_parallel(bench, args.jobs, shard)
     print(json.dumps({"spec": spec.name, "cells": len(records), "out": args.out}))
     return 0
