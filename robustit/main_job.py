@@ -1,6 +1,6 @@
 """The main job on the embedded default (``dev/main``): the ``quick`` bench spec, then its report.
 
-    robustit bench --spec quick --out WORK/bench/quick     (world, poison, tune, evaluate: per cell)
+    robustit bench --spec quick --out WORK/bench/quick --jobs N   (world, poison, tune, evaluate)
     robustit report --results WORK/bench/quick --out WORK/bench/quick/report
 
 Every cell is skipped when its record exists and training resumes from its last saved step, so a
@@ -11,6 +11,7 @@ HTML report.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import List
@@ -24,7 +25,9 @@ def parse_args(argv: List[str] | None) -> argparse.Namespace:
     ap.add_argument("--work", default="work", help="folder for everything the job writes (default: work)")
     ap.add_argument("--spec", default="quick",
                     help="bench spec: a shipped name (quick, paper, ablation, sweep) or a file (default: quick)")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1),
+                    help="training runs at a time, one process and one torch thread each "
+                         "(default: the CPU count, at most 4)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     return ap.parse_args(argv)
 
@@ -33,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     work = Path(args.work)
     name = Path(args.spec).stem
     out = work / "bench" / name
-    extra = (["--threads", str(args.threads)] if args.threads else []) + (["--quiet"] if args.quiet else [])
+    extra = ["--jobs", str(args.jobs)] + (["--quiet"] if args.quiet else [])
     rc = cli(["bench", "--spec", args.spec, "--out", str(out), "--world", str(work / "world"), *extra])
     if rc != 0:
         return rc

@@ -79,7 +79,7 @@ def test_shards_partition_the_grid_without_splitting_a_run():
 
 
 def test_every_shipped_spec_parses():
-    for name in ("quick", "paper", "ablation", "sweep"):
+    for name in ("quick", "paper", "ablation", "sweep", "attacks"):
         spec = load_spec(name)
         assert spec.name == name and expand(spec)
 
@@ -180,3 +180,97 @@ def test_a_tiny_grid_runs_end_to_end_through_the_real_verbs(tmp_path, capsys):
     assert all(r["train"]["n_samples"] == 12 for r in records)
     assert main(argv) == 0  # a rerun finds everything done
     assert "0 to run" in capsys.readouterr().out
+
+
+# --- inference-time defenses as cells (issue 8) ------------------------------------------
+
+INFERENCE_SPEC = {"name": "inf", "attacks": ["blended"], "rates": [0.05], "test_sets": ["test-b"],
+                  "methods": ["vanilla", {"name": "robustit"},
+                              {"name": "vanilla", "inference": {"prompt_filter": "realistic"}},
+                              {"name": "robustit", "inference": {"magnitude_prune": 0.2}}]}
+
+
+def test_inference_options_share_the_training_run_and_get_their_own_cells():
+    keys = expand(parse_spec(INFERENCE_SPEC))
+    assert len(keys) == 4 and len({cell_id(k) for k in keys}) == 4
+    assert len({run_id(k) for k in keys}) == 2  # two trainings: vanilla, robustit
+    plain = [k for k in keys if not k["inference"]]
+    assert all(k["inference"] == {} for k in plain) and len(plain) == 2
+    assert [cell_id(k) for k in keys] == [
+        "blended-0.05-paper__vanilla__s0__test-b__0shot",
+        "blended-0.05-paper__vanilla__s0__test-b__0shot__pfrealistic",
+        "blended-0.05-paper__robustit__s0__test-b__0shot",
+        "blended-0.05-paper__robustit__s0__test-b__0shot__mp0.2"]  # a run's cells are adjacent
+
+
+def test_specs_without_inference_keep_their_hash_and_cell_ids():
+    spec = parse_spec(GRID)
+    assert all("inference" not in m for m in spec.canonical()["methods"])
+    with_empty = parse_spec({**GRID, "methods": [{"name": "vanilla", "inference": {}},
+                                                  {"name": "robustit", "params": {"components": "both"}}]})
+    assert with_empty.sha256() == spec.sha256()
+    assert parse_spec(INFERENCE_SPEC).sha256() != parse_spec({**INFERENCE_SPEC, "methods": ["vanilla"]}).sha256()
+    key = dict(expand(spec)[0])
+    old = {k: v for k, v in key.items() if k != "inference"}  # a key written before the field
+    assert cell_id(old) == cell_id(key) == "none__vanilla__s0__test-a__0shot"
+
+
+@pytest.mark.parametrize("inference, words", [
+    ({"prompt_filtr": "perfect"}, ["unknown key(s) ['prompt_filtr']", "magnitude_prune", "prompt_filter"]),
+    ({"magnitude_prune": 1.5}, ["magnitude_prune"]),
+    ({"magnitude_prune": 0}, ["magnitude_prune", "leave the key out"]),
+    ({"prompt_filter": "no-such-list.txt"}, ["no-such-list.txt"]),
+    ("realistic", ["`inference` must be a mapping"]),
+])
+def test_bad_inference_options_are_named(inference, words):
+    with pytest.raises(ConfigError) as err:
+        parse_spec({"name": "x", "methods": [{"name": "vanilla", "inference": inference}]})
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_duplicate_method_entries_are_refused():
+    with pytest.raises(ConfigError, match="same cell"):
+        parse_spec({"name": "x", "methods": ["vanilla", {"name": "vanilla", "inference": {}}]})
+
+
+class ArgvVerbs(FakeVerbs):
+    """FakeVerbs that also keeps every argv."""
+
+    def __call__(self, argv):
+        self.argvs = getattr(self, "argvs", []) + [list(argv)]
+        return super().__call__(argv)
+
+
+def test_inference_cells_train_once_and_pass_the_options_to_eval(tmp_path):
+    verbs = ArgvVerbs()
+    records = _bench(tmp_path, verbs, {**INFERENCE_SPEC, "data": str(tmp_path / "data")}).run()
+    assert verbs.calls == ["poison", "train", "eval", "eval", "train", "eval", "eval"]
+    evals = [a for a in verbs.argvs if a[0] == "eval"]
+    outs = [a[a.index("--out") + 1] for a in evals]
+    assert len(set(outs)) == 4 and outs[1].endswith("eval-test-b-0shot-pfrealistic.json")
+    assert evals[1][evals[1].index("--prompt-filter") + 1] == "realistic"
+    assert evals[3][evals[3].index("--magnitude-prune") + 1] == "0.2"
+    assert "--prompt-filter" not in evals[0] and "--magnitude-prune" not in evals[0]
+    assert [r["key"]["inference"] for r in records] == [{}, {"prompt_filter": "realistic"}, {},
+                                                        {"magnitude_prune": 0.2}]
+
+
+def test_records_written_before_the_inference_field_count_as_done(tmp_path):
+    _bench(tmp_path, FakeVerbs()).run()
+    for path in (tmp_path / "out" / "cells").glob("*.json"):
+        record = json.loads(path.read_text())
+        del record["key"]["inference"]  # as the committed bench code wrote them
+        path.write_text(json.dumps(record))
+    again = FakeVerbs()
+    records = _bench(tmp_path, again).run()
+    assert again.calls == [] and len(records) == 4
+    assert all(r["key"]["inference"] == {} for r in records)
+
+
+def test_inference_options_survive_the_canonical_round_trip_of_worker_processes():
+    # `robustit bench --jobs N` hands workers spec.canonical() and parses it again
+    for data in (INFERENCE_SPEC, GRID):
+        spec = parse_spec(data)
+        again = parse_spec(spec.canonical())
+        assert again.sha256() == spec.sha256() and expand(again) == expand(spec)

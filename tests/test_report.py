@@ -275,7 +275,8 @@ def test_paper_figures_are_transcribed_for_tables_1_to_5_and_10():
     from robustit.report import paper
 
     sizes = {name: len(paper.table(name)["rows"]) for name in paper.paper_figures()["tables"]}
-    assert sizes == {"table1": 16, "table2": 4, "table3": 6, "table4": 8, "table5": 16, "table10": 5}
+    assert sizes == {"table1": 16, "table2": 4, "table3": 6, "table4": 8, "table5": 16, "table7": 2,
+                     "table8": 3, "table10": 5}
     t1 = {(r["attack"], r["method"]): r["values"] for r in paper.table("table1")["rows"]}
     assert t1[("ssba", "vanilla")]["CIDEr"] == 20.2 and t1[("vltrojan", "robustit")]["ASR"] == 3.4
     assert paper.TEST_SET_ANALOGUE == {"test-a": "MSCOCO", "test-b": "Flickr30k"}
@@ -301,3 +302,106 @@ def test_ablation_tables_show_paper_rows_of_the_same_setting():
     beta = tables["beta-vltrojan-0.01-paper-test-a-0shot"]
     assert "| β = 0.5 | RobustIT (β=0.5), paper (Otter, MSCOCO) | 62.2 |" in beta  # paper Table 4
     assert "RobustIT (β=0.5)" not in tables["main-test-a-0shot"]  # ablation variants stay in their table
+
+
+# --- issue 8: combined defenses (Table 10), adaptive adversary (Table 8), VQA (Table 7) ----
+
+def _tables_of(records):
+    from robustit.report.aggregate import aggregate
+    from robustit.report.layouts import build_tables
+    from robustit.report.tables import to_markdown
+
+    return {t.name: to_markdown(t) for t in build_tables(aggregate(records)[0])}
+
+
+def _with_inference(record, inference):
+    record["key"]["inference"] = inference
+    record["id"] += "-" + "-".join(f"{k}{v}" for k, v in sorted(inference.items()))
+    return record
+
+
+def test_inference_variants_form_a_combined_defenses_table_with_paper_table_10():
+    m = {"BLEU_1": 50.0, "BLEU_4": 10.0, "METEOR": 20.0, "ROUGE_L": 40.0, "CIDEr": 30.0}
+    plain_vanilla = cell("blended", "vanilla", {}, "test-b", 0, 0, m, 0.0, (90.0, 5.0, 80.0))
+    records = [plain_vanilla,
+               _with_inference(cell("blended", "vanilla", {}, "test-b", 0, 0, m, 0.0, (20.0, 5.0, 2.0)),
+                               {"prompt_filter": "perfect"}),
+               _with_inference(cell("blended", "vanilla", {}, "test-b", 0, 0, m, 0.0, (10.0, 5.0, 8.0)),
+                               {"magnitude_prune": 0.2}),
+               cell("blended", "robustit", {}, "test-b", 0, 0, m, 0.0, (1.0, 0.0, 1.0)),
+               _with_inference(cell("blended", "robustit", {}, "test-b", 0, 0, m, 0.0, (0.5, 0.0, 0.0)),
+                               {"prompt_filter": "realistic"})]
+    tables = _tables_of(records)
+    combined = tables["combined-blended-0.01-paper-test-b-0shot"]
+    lines = [ln for ln in combined.splitlines() if ln.startswith("| ")]
+    assert lines[0] == "| IT method | BLEU-1 | BLEU-4 | METEOR | ROUGE-L | CIDEr | ASR (%) |"
+    methods = [ln.split(" | ")[0][2:] for ln in lines[1:]]
+    assert methods == ["VanillaIT", "VanillaIT + prompt filter (perfect)",
+                       "VanillaIT + prompt filter (perfect), paper (Otter, Flickr30k)",
+                       "VanillaIT + magnitude pruning (20%)",
+                       "VanillaIT + magnitude pruning (20%), paper (Otter, Flickr30k)",
+                       "RobustIT", "RobustIT, paper (Otter, Flickr30k)",
+                       "RobustIT + prompt filter (realistic)"]  # the paper filters with the perfect list
+    assert "| VanillaIT + prompt filter (perfect), paper (Otter, Flickr30k) | 54.2 | 16.0 | 22.8 | 42.0 | 35.2 | 15.2 |" \
+        in combined
+    assert "| RobustIT + prompt filter (realistic) | 50.0 (n=1) |" in combined and "0.5 (n=1) |" in combined
+    main = tables["main-test-b-0shot"]
+    assert "prompt filter" not in main and "magnitude" not in main  # variants live in their own table
+    assert "| Blended 1% | RobustIT | 50.0 (n=1) |" in main
+
+
+def test_records_without_the_inference_field_group_with_empty_inference(tmp_path):
+    from robustit.bench.schema import check_cell, load_results
+
+    old = cell("none", "vanilla", {}, "test-a", 0, 0, {"BLEU_1": 50.0}, 1.0)
+    new = cell("none", "vanilla", {}, "test-a", 0, 1, {"BLEU_1": 52.0}, 3.0)
+    new["key"]["inference"] = {}
+    assert check_cell(old) == [] and "inference" not in old["key"]
+    (tmp_path / "cells").mkdir()
+    for i, record in enumerate((old, new)):
+        (tmp_path / "cells" / f"c{i}.json").write_text(json.dumps(record))
+    records, warnings = load_results([tmp_path])
+    assert warnings == [] and all(r["key"]["inference"] == {} for r in records)
+    assert "| No attack | VanillaIT | 51.0 ± 1.4 (n=2) |" in _tables_of(records)["main-test-a-0shot"]
+    bad = cell("none", "vanilla", {}, "test-a", 0, 0, {}, 1.0)
+    bad["key"]["inference"] = "realistic"
+    assert check_cell(bad) == ["key 'inference' is not an object"]
+
+
+def test_adaptive_attack_gets_a_table_in_the_layout_of_paper_table_8():
+    m = {"BLEU_1": 50.0, "BLEU_4": 10.0, "METEOR": 20.0, "CIDEr": 30.0}
+    records = [cell(attack, method, params, "test-b", 0, 0, m, 0.0, (asr, asr, 0.0))
+               for attack, method, params, asr in (("badnet", "vanilla", {}, 60.0),
+                                                   ("badnet", "robustit", {}, 0.0),
+                                                   ("adaptive-badnet", "vanilla", {}, 70.0),
+                                                   ("adaptive-badnet", "robustit", {}, 8.0))]
+    table = _tables_of(records)["adaptive-0.01-paper-test-b-0shot"]
+    lines = [ln for ln in table.splitlines() if ln.startswith("| ")]
+    assert lines[0] == "| Data poisoning | IT method | BLEU-1 | BLEU-4 | METEOR | CIDEr | ASR (%) |"
+    assert [tuple(ln.split(" | ")[:2]) for ln in lines[1:]] == [
+        ("| BadNet 1%", "VanillaIT"), ("| BadNet 1%", "VanillaIT, paper (Otter, Flickr30k)"),
+        ("| Adaptive BadNet 1%", "VanillaIT"), ("| BadNet 1%", "RobustIT"),
+        ("| BadNet 1%", "RobustIT, paper (Otter, Flickr30k)"), ("| Adaptive BadNet 1%", "RobustIT"),
+        ("| Adaptive BadNet 1%", "RobustIT, paper (Otter, Flickr30k)")]
+    assert "| Adaptive BadNet 1% | RobustIT, paper (Otter, Flickr30k) | 56.1 | 16.5 | 23.4 | 37.9 | 7.8 |" in table
+    assert "| BadNet 1% | VanillaIT, paper (Otter, Flickr30k) | 56.0 | 15.8 | 22.9 | 35.9 | 56.4 |" in table
+    assert not any(name.startswith("adaptive-") for name in _tables_of(records[:2]))  # no adaptive run
+
+
+def test_vqa_sets_get_the_layout_of_paper_table_7():
+    records = []
+    for attack, method, acc, ftr, asr in (("none", "vanilla", 62.0, 0.0, None), ("trojvqa", "vanilla", 60.0, 0.0, 70.0),
+                                          ("trojvqa", "robustit", 59.0, 0.0, 2.0)):
+        r = cell(attack, method, {}, "test-a-vqa", 1, 0, {}, ftr, None if asr is None else (asr, 1.0, 1.0))
+        r["eval"]["task"], r["eval"]["metrics"] = "vqa", {"VQA_accuracy": acc}
+        records.append(r)
+    tables = _tables_of(records)
+    assert "main-test-a-vqa-1shot" not in tables  # the VQA table replaces it
+    vqa = tables["vqa-test-a-vqa-1shot"]
+    assert "### One-shot VQA results on test-a-vqa (stands in for VQAv2) (cf. paper Table 7)" in vqa
+    assert "| Data poisoning | IT method | VQA acc. (%) | ASR (%) |" in vqa
+    assert "| TrojVQA 1% | VanillaIT | 60.0 (n=1) | 70.0 (n=1) |" in vqa
+    assert "| TrojVQA 1% | VanillaIT, paper (Otter, VQAv2) | 69.1 | 72.5 |" in vqa
+    assert "| TrojVQA 1% | RobustIT, paper (Otter, VQAv2) | 68.7 | 1.3 |" in vqa
+    assert "Table 7, Appendix C.2" in vqa and "one-shot" in vqa
+    assert "halves-test-a-vqa-1shot" in tables

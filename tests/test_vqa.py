@@ -82,3 +82,53 @@ def test_id_mismatch_and_bad_inputs():
         vqa_accuracy({1: "yes"}, {1: []})
     with pytest.raises(DataError, match="expected a string"):
         vqa_accuracy({1: None}, {1: ["yes"]})
+
+
+# --- VQA sets in the bench (issue 8, the paper's Table 7) ----------------------------------
+
+def _qa_set(name: str, n: int, with_captions: bool = False):
+    """Tiny QA samples (task vqa, ten answers each), optionally mixed with caption samples."""
+    from dataclasses import replace
+
+    from robustit.data.records import Sample
+
+    from tiny import tiny_dataset
+
+    base = tiny_dataset(n, name=name)
+    samples = []
+    for s in base.samples:
+        colour = s.answer.split()[1]
+        samples.append(replace(s, id=f"{s.id}-q", instruction="What colour is the square?", answer=colour,
+                               task="vqa", meta={"answers": [colour] * 10}))
+        if with_captions:
+            samples.append(Sample(s.id, s.image_ids, s.instruction, s.answer, "caption", s.meta))
+    base.samples = samples
+    return base
+
+
+def test_one_shot_evaluation_of_a_vqa_set_uses_qa_examples_from_a_mixed_support_split():
+    import torch
+
+    from robustit.attacks import build_attack
+    from robustit.eval.evaluate import EvalConfig, evaluate
+    from robustit.eval.generation import DecodingConfig
+
+    from tiny import tiny_model
+
+    torch.manual_seed(0)
+    test, support = _qa_set("test-a-vqa", 4), _qa_set("train", 8, with_captions=True)
+    cfg = EvalConfig(decoding=DecodingConfig(shots=1, max_new_tokens=2, batch_size=4))
+    result, rows = evaluate(tiny_model(), test, cfg, [build_attack("trojvqa")], support, progress=False)
+    assert result["task"] == "vqa" and 0.0 <= result["metrics"]["VQA_accuracy"] <= 100.0
+    assert result["asr"]["trojvqa"]["both"]["n"] == 4
+    qa_ids = {s.id for s in support.samples if s.task == "vqa"}
+    assert all(r["in_context_id"] in qa_ids for r in rows)  # one-shot examples are questions too
+
+
+def test_the_shipped_vqa_spec_is_table_7():
+    from robustit.bench.spec import expand, load_spec
+
+    spec = load_spec("vqa")
+    assert spec.attacks == ["none", "trojvqa"] and spec.rates == [0.01]
+    assert spec.test_sets == ["test-a-vqa"] and spec.shots == [1]
+    assert {k["method"] for k in expand(spec)} == {"vanilla", "robustit"}

@@ -2,7 +2,7 @@
 
 import importlib
 
-ATTACK_MODULES = ["badnet", "blended", "sig", "ssba", "ftrojan", "trojvqa", "vltrojan"]
+ATTACK_MODULES = ["badnet", "blended", "sig", "ssba", "ftrojan", "trojvqa", "vltrojan", "adaptive"]
 
 for _name in ATTACK_MODULES:
     try:

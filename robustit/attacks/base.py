@@ -12,7 +12,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Type
+from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Tuple, Type
 
 import torch
 
@@ -63,6 +63,10 @@ class AttackContext:
         vision_features: frozen victim vision encoder: (B, 3, H, W) in [0,1] -> (B, P, D).
         text_features: frozen victim text representation: list[str] -> (B, D).
         model_id: identity of the victim model (part of cache keys).
+        clean_texts: (instruction, response) of a sample showing each of ``clean_images``, in
+            the same order (the adaptive attacker's clean training pairs).
+        surrogate: ``(defense params, lr) -> surrogate`` that simulates the victim's tuning on
+            a copy of the frozen base model (``robustit.train.surrogate``; the adaptive attack).
     """
 
     cache_dir: Path
@@ -72,6 +76,8 @@ class AttackContext:
     vision_features: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
     text_features: Optional[Callable[[List[str]], torch.Tensor]] = None
     model_id: str = "none"
+    clean_texts: Optional[List[Tuple[str, str]]] = None
+    surrogate: Optional[Callable[..., Any]] = None
 
 
 class Attack:

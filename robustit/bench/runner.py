@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Tuple
 from ..errors import ConfigError, RobustITError
 from ..io import atomic_write_json, atomic_write_text
 from .schema import CELL_SCHEMA, SPEC_SCHEMA, iter_cells, read_cell
-from .spec import Spec, cell_id, expand, poison_id, run_id, shard_keys
+from .spec import Spec, cell_id, expand, inference_id, poison_id, run_id, shard_keys
 
 Verb = Callable[[List[str]], int]
 
@@ -188,7 +188,10 @@ class Bench:
         return run_dir
 
     def evaluated(self, key: Dict[str, Any], run_dir: Path, manifest: Path | None) -> Dict:
-        path = run_dir / f"eval-{key['test_set']}-{key['shots']}shot.json"
+        """The cell's evaluation result (run unless its file is there); cells with inference
+        options get their own file in the shared run folder."""
+        suffix = f"-{inference_id(key)}" if inference_id(key) else ""
+        path = run_dir / f"eval-{key['test_set']}-{key['shots']}shot{suffix}.json"
         result = _read_result(path)
         if result is None and path.exists():
             self.log(f"[warn] {path}: corrupt evaluation result; redoing it")
@@ -199,7 +202,9 @@ class Bench:
         argv += ["--manifest", str(manifest)] if manifest else []
         for k, v in self.spec.eval.items():
             argv += [f"--{k.replace('_', '-')}", ",".join(map(str, v)) if isinstance(v, list) else str(v)]
-        self._step(f"evaluate on {key['test_set']} ({key['shots']}-shot)", result is not None, argv)
+        argv += inference_argv(key)
+        label = f" with {inference_id(key)}" if suffix else ""
+        self._step(f"evaluate on {key['test_set']} ({key['shots']}-shot){label}", result is not None, argv)
         result = _read_result(path)
         if result is None:
             raise RobustITError(f"evaluation wrote no valid result at {path}")
@@ -210,6 +215,17 @@ class Bench:
 
     def _quiet(self) -> List[str]:
         return ["--quiet"] if self.quiet else []
+
+
+def inference_argv(key: Dict[str, Any]) -> List[str]:
+    """``robustit eval`` options for the cell's inference-time defenses (none when it has none)."""
+    options = key.get("inference") or {}
+    argv = []
+    if "prompt_filter" in options:
+        argv += ["--prompt-filter", str(options["prompt_filter"])]
+    if "magnitude_prune" in options:
+        argv += ["--magnitude-prune", str(options["magnitude_prune"])]
+    return argv
 
 
 def _read_result(path: Path) -> Dict | None:

@@ -23,8 +23,10 @@ A cell record (``schema == CELL_SCHEMA``)::
         "params": {"alpha": 2.0, "beta": 0.9, "gamma": 0.5, "components": "both"},
         "test_set": "test-a",
         "shots": 0,
-        "seed": 0
-      },
+        "seed": 0,
+        "inference": {"prompt_filter": "realistic", "magnitude_prune": 0.2}
+      },                                    # inference: {} when none; records written before the
+                                            # field existed lack it and are read as {}
       "train": {"wall_seconds": 412.0, "samples_per_second": 43.7, "peak_rss_mb": 1195.4,
                 "steps": 1125, "n_samples": 6000, "run_dir": "work/runs/..."},
       "eval": { ... the whole `robustit eval` result JSON ... },
@@ -44,7 +46,20 @@ from typing import Any, Dict, Iterator, List, Tuple
 
 CELL_SCHEMA = "robustit.bench.cell/1"
 SPEC_SCHEMA = "robustit.bench.spec/1"
-KEY_FIELDS = ("attack", "rate", "text_trigger_mode", "method", "params", "test_set", "shots", "seed")
+KEY_FIELDS = ("attack", "rate", "text_trigger_mode", "method", "params", "test_set", "shots", "seed",
+              "inference")
+#: key fields a record may lack, with the value it then has (fields added after schema cell/1 began)
+KEY_DEFAULTS = {"inference": {}}
+
+
+def normalise_key(record: Dict) -> Dict:
+    """Fill the key fields an older record lacks with their defaults (in place); returns it."""
+    key = record.get("key") if isinstance(record, dict) else None
+    if isinstance(key, dict):
+        for name, default in KEY_DEFAULTS.items():
+            if name not in key:
+                key[name] = json.loads(json.dumps(default))  # a fresh copy
+    return record
 
 
 def check_cell(record: Any) -> List[str]:
@@ -58,7 +73,9 @@ def check_cell(record: Any) -> List[str]:
     if not isinstance(key, dict):
         problems.append("no 'key' object")
     else:
-        problems += [f"key lacks {f!r}" for f in KEY_FIELDS if f not in key]
+        problems += [f"key lacks {f!r}" for f in KEY_FIELDS if f not in key and f not in KEY_DEFAULTS]
+        if not isinstance(key.get("inference", {}), dict):
+            problems.append("key 'inference' is not an object")
     for field in ("id", "eval", "train"):
         if field not in record:
             problems.append(f"no {field!r}")
@@ -74,7 +91,7 @@ def read_cell(path: Path) -> Tuple[Dict | None, str | None]:
     except (OSError, ValueError) as exc:
         return None, f"unreadable JSON ({exc})"
     problems = check_cell(record)
-    return (None, "; ".join(problems)) if problems else (record, None)
+    return (None, "; ".join(problems)) if problems else (normalise_key(record), None)
 
 
 def iter_cells(out: Path) -> Iterator[Tuple[Path, Dict | None, str | None]]:
@@ -105,7 +122,7 @@ def load_results(folders: List[Path]) -> Tuple[List[Dict], List[str]]:
                 if problems:
                     warnings.append(f"{folder / 'results.jsonl'}:{n}: skipped, {'; '.join(problems)}")
                 else:
-                    records.append(record)
+                    records.append(normalise_key(record))
         else:
             warnings.append(f"{folder}: no cells/ folder and no results.jsonl (not a bench output folder?)")
     return records, warnings

@@ -12,9 +12,10 @@ A spec (every key optional except ``name``)::
     attacks: [none, blended]        # 'none' = clean tuning (its rate is 0)
     rates: [0.01]
     text_trigger_modes: [paper]     # paper | image-only
-    methods:                        # a name, or {name, params, label}
+    methods:                        # a name, or {name, params, inference, label}
       - vanilla
       - {name: robustit, params: {components: both}}
+      - {name: robustit, inference: {prompt_filter: realistic}}   # same training run as above
     sweep: {alpha: [1, 2]}          # crossed into the params of the methods in sweep_methods
     sweep_methods: [robustit]       #   (matched by label, or by name when a method has no label)
     test_sets: [test-a, test-b]
@@ -27,6 +28,12 @@ A spec (every key optional except ``name``)::
 Cells are the product attack x rate x text-trigger mode x method (x sweep) x test set x shots x
 seed; attack ``none`` gets one rate (0) and one mode. Every cell's ``key`` (see
 ``schema.KEY_FIELDS``) identifies it; its ``id`` is a readable, file-safe rendering of the key.
+
+A method's ``inference`` mapping holds inference-time defenses passed to ``robustit eval``
+(the paper's Table 10): ``prompt_filter`` (``perfect`` | ``realistic`` | a blacklist file) and
+``magnitude_prune`` (a share in (0, 1)). They are part of the cell key (``key["inference"]``,
+``{}`` when none) and of the cell id, but not of the training run's id: cells that differ only
+in inference options share one training run, and only their evaluations differ.
 """
 
 from __future__ import annotations
@@ -47,17 +54,22 @@ TRAIN_KEYS = {"preset", "lr", "batch_size", "epochs", "max_steps", "save_every",
               "warmup_ratio", "max_len", "cache_vision"}
 EVAL_KEYS = {"n", "scorers", "batch_size", "beams", "max_new_tokens", "target", "matcher", "pattern",
              "halves", "spice_jars"}
+INFERENCE_KEYS = {"prompt_filter", "magnitude_prune"}
+#: short names of inference options in cell ids
+_INFERENCE_TAGS = {"prompt_filter": "pf", "magnitude_prune": "mp"}
 TEXT_TRIGGER_MODES = ("paper", "image-only")
 SHIPPED = Path(__file__).resolve().parent.parent / "resources" / "specs"
 
 
 @dataclass
 class MethodSpec:
-    """One tuning method row: registry name, its parameters, the label reports use."""
+    """One tuning method row: registry name, its parameters, the label reports use, and the
+    inference-time defenses its evaluations run with (``{}``: none)."""
 
     name: str
     params: Dict[str, Any] = field(default_factory=dict)
     label: str = ""
+    inference: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -84,7 +96,13 @@ class Spec:
     threads: int = 0
 
     def canonical(self) -> Dict[str, Any]:
-        return asdict(self)
+        """The spec as plain JSON data; a method without inference options has no ``inference``
+        entry, so specs written before that key existed keep their hash."""
+        data = asdict(self)
+        for method in data["methods"]:
+            if not method["inference"]:
+                del method["inference"]
+        return data
 
     def sha256(self) -> str:
         """Hash of what defines the results (the description and threads do not)."""
@@ -142,8 +160,12 @@ def _method(item: Any, where: str) -> MethodSpec:
         item = {"name": item}
     if not isinstance(item, dict) or "name" not in item:
         raise ConfigError(f"{where}: each method is a name or a mapping with 'name'; got {item!r}")
-    _no_unknown(item, {"name", "params", "label"}, f"{where}: method {item.get('name')!r}")
-    return MethodSpec(item["name"], dict(item.get("params") or {}), item.get("label", ""))
+    _no_unknown(item, {"name", "params", "label", "inference"}, f"{where}: method {item.get('name')!r}")
+    inference = item.get("inference") or {}
+    if not isinstance(inference, dict):
+        raise ConfigError(f"{where}: method {item['name']!r}: `inference` must be a mapping such as "
+                          f"{{prompt_filter: realistic}}; got {inference!r}")
+    return MethodSpec(item["name"], dict(item.get("params") or {}), item.get("label", ""), dict(inference))
 
 
 def _check(spec: Spec, where: str) -> None:
@@ -173,6 +195,39 @@ def _check(spec: Spec, where: str) -> None:
     if spec.train_size < 0:
         raise ConfigError(f"{where}: train_size must be >= 0 (0: all samples)")
     _check_method_params(spec, where)
+    for method in spec.methods:
+        check_inference(method.inference, f"{where}: method {method.name!r}: inference")
+    _check_unique_cells(spec, where)
+
+
+def check_inference(inference: Dict[str, Any], where: str) -> None:
+    """Refuse unknown inference options and bad values (a blacklist that does not load, a share
+    outside (0, 1)), naming the option and the valid ones."""
+    from ..defenses.magnitude_prune import check_share
+    from ..defenses.prompt_filter import PromptFilter
+
+    _no_unknown(inference, INFERENCE_KEYS, where)
+    if "prompt_filter" in inference:
+        value = inference["prompt_filter"]
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{where}: `prompt_filter` must be perfect, realistic or a blacklist file; "
+                              f"got {value!r}")
+        PromptFilter.from_spec(value)
+    if "magnitude_prune" in inference:
+        if check_share(inference["magnitude_prune"], f"{where}: magnitude_prune") == 0:
+            raise ConfigError(f"{where}: `magnitude_prune` 0 switches pruning off; leave the key out "
+                              f"instead (the cell would repeat the one without it)")
+
+
+def _check_unique_cells(spec: Spec, where: str) -> None:
+    """Two method entries that expand to the same cells would overwrite each other's results."""
+    seen = set()
+    for key in expand(spec):
+        cid = cell_id(key)
+        if cid in seen:
+            raise ConfigError(f"{where}: two method entries give the same cell {cid}; remove the "
+                              f"duplicate from `methods`")
+        seen.add(cid)
 
 
 def _check_method_params(spec: Spec, where: str) -> None:
@@ -195,19 +250,23 @@ def expand_methods(spec: Spec) -> List[MethodSpec]:
             out.append(m)
             continue
         for values in itertools.product(*grids):
-            out.append(MethodSpec(m.name, {**m.params, **dict(zip(names, values))}, m.label))
+            out.append(MethodSpec(m.name, {**m.params, **dict(zip(names, values))}, m.label,
+                                  dict(m.inference)))
     return out
 
 
 def expand(spec: Spec) -> List[Dict[str, Any]]:
-    """Every cell key, in run order: cells sharing a training run are adjacent."""
+    """Every cell key, in run order: cells sharing a training run are adjacent (also the cells
+    of method entries that differ only in ``inference``)."""
     keys = []
     for seed, (attack, rate, mode), method in itertools.product(
             spec.seeds, _poisonings(spec), expand_methods(spec)):
         for test_set, shots in itertools.product(spec.test_sets, spec.shots):
             keys.append({"attack": attack, "rate": rate, "text_trigger_mode": mode, "method": method.name,
-                         "params": method.params, "test_set": test_set, "shots": shots, "seed": seed})
-    return keys
+                         "params": method.params, "test_set": test_set, "shots": shots, "seed": seed,
+                         "inference": dict(method.inference)})
+    runs = {r: i for i, r in enumerate(dict.fromkeys(run_id(k) for k in keys))}
+    return sorted(keys, key=lambda k: runs[run_id(k)])  # stable: the order within a run is kept
 
 
 def _poisonings(spec: Spec) -> List[Tuple[str, float, str]]:
@@ -236,8 +295,18 @@ def run_id(key: Dict[str, Any]) -> str:
     return f"{poison_id(key)}__{method_id(key)}__s{key['seed']}"
 
 
+def inference_id(key: Dict[str, Any]) -> str:
+    """``pfrealistic-mp0.2`` for a key's inference options; ``""`` when it has none (or none
+    recorded: cell records written before the field existed)."""
+    options = key.get("inference") or {}
+    return "-".join(f"{_INFERENCE_TAGS.get(k, k)}{_fmt(v)}" for k, v in sorted(options.items()))
+
+
 def cell_id(key: Dict[str, Any]) -> str:
-    return f"{run_id(key)}__{key['test_set']}__{key['shots']}shot"
+    """``RUN__TEST__Kshot``, with ``__INFERENCE`` appended when the cell has inference options."""
+    base = f"{run_id(key)}__{key['test_set']}__{key['shots']}shot"
+    inference = inference_id(key)
+    return f"{base}__{inference}" if inference else base
 
 
 def _fmt(value: Any) -> str:

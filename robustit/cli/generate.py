@@ -83,7 +83,7 @@ def _single(model, args, prompt_filter=None) -> str:
 
         raise DataError(f"--image {args.image}: {exc.strerror}") from None
     arr = decode_image(data, where=f"--image {args.image}")
-    size = model.config.image_size
+    size = model.image_size
     img = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float().div(255)
     img = torch.nn.functional.interpolate(img[None], size=(size, size), mode="bilinear",
                                           antialias=True, align_corners=False).clamp(0, 1)

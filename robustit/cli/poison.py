@@ -61,8 +61,8 @@ def register(subparsers) -> None:
                         "instructions unchanged (intrinsic text triggers such as TrojVQA's stay)")
     p.add_argument("--cache", type=Path, help="folder for optimised / trained trigger artefacts, shared "
                    "with `robustit eval` (default: $ROBUSTIT_CACHE/attacks or ~/.cache/robustit/attacks)")
-    p.add_argument("--model", metavar="BASE", help="frozen victim base model ('embedded' or a base model "
-                   "folder) for attacks that learn their trigger against it (ssba, vltrojan, trojvqa "
+    p.add_argument("--model", metavar="BASE", help="frozen victim base model ('embedded', a base model "
+                   "folder or a local LLaVA / BLIP-2 / IDEFICS folder) for attacks that learn their trigger against it (ssba, vltrojan, trojvqa "
                    "with patch=optimised); not needed for fixed triggers")
     p.add_argument("--trigger-seed", type=int, default=0, help="seed for learning a trigger (default 0, "
                    "the seed `robustit eval` prepares triggers with)")

@@ -11,18 +11,16 @@ and models never import defenses); this module holds the configuration and the b
 
 Integration (the training loop)::
 
-    cfg = AARConfig(gamma=0.5, beta=0.9)
-    model.channel_masks[cfg.hook_point] = make_channel_mask(cfg, width=D)
-    path = model.spec.hook_points[cfg.hook_point]          # module path
-    with channel_mask_hooks(model, {path: model.channel_masks[cfg.hook_point]},
-                            available=list(model.spec.hook_points.values())):
-        loss = model(...).loss                              # train(): update + mask
+    cfg = AARConfig(gamma=0.5, beta=0.9)                    # hook_point None: the adapter output
+    D = model.hook_point_width(cfg.hook_point)
+    model.add_channel_mask(cfg.hook_point, make_channel_mask(cfg, width=D))
+    loss = model(...).loss      # forward opens model.masks_active(): train(): update + mask
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Optional
 
 import torch
 from torch import Tensor, nn
@@ -65,20 +63,22 @@ class AARConfig:
         beta: momentum of the global importance in [0, 1] (0.9); 0 uses only the current batch,
             1 never moves g from its initial zeros (the mask then keeps channels 0..k-1).
         hook_point: name of the model's hook point (a key of ``FamilySpec.hook_points``) whose
-            output channels are masked; default ``"perceiver"`` (the perceiver resampler output).
+            output channels are masked; None (default): the model's default hook point, its
+            adapter output (``perceiver`` for the embedded model and IDEFICS, ``projector`` for
+            LLaVA, ``projection`` for BLIP-2).
         apply_at_inference: whether the mask also acts in eval mode (saved in the checkpoint as
             the mask's ``enabled`` buffer). The paper applies it at inference.
     """
 
     gamma: float = 0.5
     beta: float = 0.9
-    hook_point: str = "perceiver"
+    hook_point: Optional[str] = None
     apply_at_inference: bool = True
 
     def __post_init__(self) -> None:
         check_range("aar.gamma", self.gamma, 0.0, 1.0, lo_open=True)
         check_range("aar.beta", self.beta, 0.0, 1.0)
-        if not isinstance(self.hook_point, str) or not self.hook_point:
+        if self.hook_point is not None and (not isinstance(self.hook_point, str) or not self.hook_point):
             raise ConfigError(f"`aar.hook_point` must be a non-empty hook point name such as "
                               f"'perceiver'; got {self.hook_point!r}")
         if not isinstance(self.apply_at_inference, bool):

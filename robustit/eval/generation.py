@@ -64,8 +64,9 @@ def generate_for_set(model, dataset: InstructionSet, decoding: DecodingConfig,
         if support is None:
             raise ConfigError("one-shot generation needs a support split (e.g. --support train)")
         examples = pick_examples(samples, support, decoding.seed, task=samples[0].task if samples else None)
-    store = ImageStore(dataset)
-    ex_store = ImageStore(support, [e.image_ids[0] for e in examples]) if examples else None
+    size = getattr(model, "image_size", None)  # one size for query and in-context images
+    store = ImageStore(dataset, size=size)
+    ex_store = ImageStore(support, [e.image_ids[0] for e in examples], size=size) if examples else None
     out: List[Dict] = []
     model.eval()
     for start in tqdm(range(0, len(samples), decoding.batch_size), desc=desc, disable=not progress,

@@ -26,14 +26,12 @@ def vision_features_fn(model):
 
 
 def text_features_fn(model):
-    """list[str] -> (B, D): the frozen LM's last hidden state, mean over tokens."""
-    lm = model.language_model
+    """list[str] -> (B, D): the frozen LM's last hidden state (``model.text_hidden``), mean over tokens."""
 
     @torch.no_grad()
     def fn(texts: List[str]) -> torch.Tensor:
         enc = model.tokenizer(list(texts), return_tensors="pt", padding=True).to(model.device)
-        hidden = lm(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                    output_hidden_states=True).hidden_states[-1]
+        hidden = model.text_hidden(enc["input_ids"], enc["attention_mask"])
         mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1)
     return fn
@@ -51,12 +49,24 @@ def attack_context(dataset: InstructionSet, cache_dir: str | Path, seed: int = 0
     pick = [ids[i] for i in torch.randperm(len(ids), generator=g)[:n_images].tolist()]
     images = ImageStore(dataset, pick).batch([[i] for i in pick])[:, 0]
     ctx = AttackContext(cache_dir=Path(cache_dir), seed=seed, image_size=tuple(images.shape[-2:]),
-                        clean_images=images, model_id=model_id)
+                        clean_images=images, model_id=model_id, clean_texts=clean_texts(dataset, pick))
     if model is not None:
+        from ..train.surrogate import surrogate_factory
+
         model.eval()
         ctx.vision_features = vision_features_fn(model)
         ctx.text_features = text_features_fn(model)
+        ctx.surrogate = surrogate_factory(model)
     return ctx
+
+
+def clean_texts(dataset: InstructionSet, image_ids: List[str]) -> List[tuple]:
+    """(instruction, response) of the first sample showing each image, in ``image_ids`` order."""
+    first = {}
+    for s in dataset.samples:
+        for image_id in s.image_ids:
+            first.setdefault(image_id, (s.instruction, s.answer))
+    return [first[i] for i in image_ids]
 
 
 def default_cache_dir() -> Path:

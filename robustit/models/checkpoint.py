@@ -72,8 +72,10 @@ def save_base(model: LVLM, folder: str | Path, extra: Optional[dict] = None) -> 
 def read_base_config(folder: str | Path) -> dict:
     path = Path(folder) / BASE_CONFIG
     if not path.exists():
-        raise CheckpointError(f"{folder} is not a robustit base model: {BASE_CONFIG} is missing "
-                              f"(expected {BASE_CONFIG}, {BASE_WEIGHTS}, tokenizer.json)")
+        raise CheckpointError(f"{folder} is not a model folder: {BASE_CONFIG} is missing (expected a "
+                              f"robustit base folder: {BASE_CONFIG}, {BASE_WEIGHTS}, tokenizer.json; or "
+                              f"a Hugging Face LLaVA / BLIP-2 / IDEFICS folder: {BASE_CONFIG}, "
+                              f"*.safetensors, tokenizer files)")
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:

@@ -1,12 +1,18 @@
 """The factory: build or load a backbone, then freeze it for tuning.
 
-``load_base(path)`` reads a base model folder (``config.json`` names the family) and dispatches
-through :data:`FAMILIES`; ``"embedded"`` (or no path) means the default model shipped in
-``robustit/resources/embedded-base``.
+``load_base(path)`` reads a base model folder and dispatches through :data:`FAMILIES`:
+- a robustit base folder names its family in ``config.json`` (``"family"``);
+- a Hugging Face folder is recognised by ``config.json``'s ``model_type`` / ``architectures``
+  (``llava``, ``blip2``, ``idefics``: see ``hf_families.py``) and loaded with
+  ``from_pretrained(folder, local_files_only=True)``.
+``"embedded"`` (or no path) means the default model shipped in ``robustit/resources/embedded-base``;
+a Hub name (``org/name``) is looked up in the local Hugging Face cache only, never downloaded.
+Every loader returns the model with its weights loaded.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -41,10 +47,27 @@ def resolve_base_path(path: Optional[str]) -> Path:
                                   f"re-create it with `robustit pretrain --out {DEFAULT_BASE}`")
         return DEFAULT_BASE
     p = Path(path)
-    if not p.is_dir():
-        raise CheckpointError(f"--model {path}: no such folder. Known: 'embedded' (the shipped "
-                              f"default) or a folder with config.json + model.safetensors")
-    return p
+    if p.is_dir():
+        return p
+    cached = _hub_cache_folder(str(path))
+    if cached is None:
+        raise CheckpointError(f"--model {path}: no such folder (nor a Hugging Face Hub name in the "
+                              f"local cache). Known: 'embedded' (the shipped default), a robustit base "
+                              f"folder, or a local LLaVA / BLIP-2 / IDEFICS folder (config.json + "
+                              f"*.safetensors + tokenizer); see docs/models.md")
+    return cached
+
+
+def _hub_cache_folder(name: str) -> Optional[Path]:
+    """The local snapshot of a Hub repo ``org/name`` if it is already cached; never downloads."""
+    if name.count("/") != 1 or name.startswith((".", "/")):
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id=name, local_files_only=True))
+    except Exception:  # not cached, or no huggingface_hub: the caller reports it
+        return None
 
 
 @FAMILIES.register("embedded-flamingo-gpt2")
@@ -54,17 +77,65 @@ def _load_embedded(folder: Path, meta: dict) -> LVLM:
     from .tokenizer import load_tokenizer
 
     cfg = config_from_dict(EmbeddedConfig, meta["config"], where=f"{folder}/config.json")
-    return EmbeddedFlamingo(cfg, load_tokenizer(folder))
+    model = EmbeddedFlamingo(cfg, load_tokenizer(folder))
+    load_base_weights(model, folder)
+    return model
+
+
+def _register_hf_families() -> None:
+    from .hf_families import HF_FAMILIES, load_hf_family
+
+    for name in HF_FAMILIES:
+        FAMILIES.register(name)(lambda folder, meta, name=name: load_hf_family(name, folder))
+
+
+_register_hf_families()
+
+
+def detect_family(folder: Path, meta: dict) -> str:
+    """The family of a base folder: robustit's ``family`` key, else the HF ``model_type`` /
+    ``architectures`` of config.json. Raises a CheckpointError naming every family tried."""
+    from .hf_families import HF_FAMILIES, matches
+
+    if "family" in meta:
+        return meta["family"]
+    for name, cls in HF_FAMILIES.items():
+        if matches(cls, meta):
+            return name
+    tried = ", ".join([f"{n} (model_type {c.model_type!r} / {c.architecture})" for n, c in HF_FAMILIES.items()]
+                      + ["robustit base folders (config.json with 'family')"])
+    raise CheckpointError(f"{folder}: unknown model family: config.json has model_type "
+                          f"{meta.get('model_type')!r} and architectures {meta.get('architectures')}; "
+                          f"tried: {tried}. To add a family see docs/models.md")
+
+
+def base_fingerprint(folder: Path) -> str:
+    """sha256 of ``model.safetensors``; for sharded weights, of config.json and every shard's
+    name, size, first and last MiB (hashing tens of GB at each load would take minutes)."""
+    if (folder / BASE_WEIGHTS).is_file():
+        return file_sha256(folder / BASE_WEIGHTS)
+    shards = sorted(folder.glob("*.safetensors"))
+    if not shards:
+        raise CheckpointError(f"{folder}: no *.safetensors weights (robustit never loads pickled "
+                              f"weights; convert them with `safetensors` first)")
+    h = hashlib.sha256((folder / "config.json").read_bytes())
+    for shard in shards:
+        size = shard.stat().st_size
+        h.update(f"{shard.name}:{size}".encode())
+        with open(shard, "rb") as f:
+            h.update(f.read(1 << 20))
+            f.seek(max(0, size - (1 << 20)))
+            h.update(f.read(1 << 20))
+    return h.hexdigest()
 
 
 def load_base(path: Optional[str] = None) -> tuple[LVLM, BaseInfo]:
     """Load a base model (weights included) and where it came from."""
     folder = resolve_base_path(path)
     meta = read_base_config(folder)
-    family = meta.get("family")
+    family = detect_family(folder, meta)
+    info = BaseInfo(str(folder), base_fingerprint(folder), family)
     model = FAMILIES.get(family)(folder, meta)
-    load_base_weights(model, folder)
-    info = BaseInfo(str(folder), file_sha256(folder / BASE_WEIGHTS), family)
     return model.eval(), info
 
 

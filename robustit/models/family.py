@@ -22,8 +22,13 @@ class FamilySpec:
         language_model: module paths of the frozen language model.
         embeddings: module (or parameter owner) paths of the trainable word embeddings and LM
             head E_phi (tied weights are counted once).
-        hook_points: AAR hook point name -> module path whose output is (B, T, N, D) adapter
-            features; the first entry is the default.
+        hook_points: AAR hook point name -> module path whose output is (..., D) adapter
+            features, channels last; the first entry is the default.
+        caches_vision: whether ``encode_images`` is the whole frozen vision path, so its output
+            may be cached once per image (False for a family whose adapter cannot be separated
+            from the frozen encoder; every family shipped so far separates cleanly).
+        architecture: the Hugging Face class a real checkpoint of this family loads with
+            (empty for robustit's own models).
     """
 
     name: str
@@ -32,6 +37,8 @@ class FamilySpec:
     language_model: Tuple[str, ...]
     embeddings: Tuple[str, ...]
     hook_points: Dict[str, str] = field(default_factory=dict)
+    caches_vision: bool = True
+    architecture: str = ""
 
     @property
     def default_hook_point(self) -> str:

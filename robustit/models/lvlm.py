@@ -1,8 +1,10 @@
 """The LVLM protocol: what every backbone offers to freezing, tuning, AAR, generation, checkpoints.
 
 A backbone subclasses :class:`LVLM`, sets ``spec`` (a :class:`FamilySpec`), and implements
-``encode_images``, ``adapt`` and ``_lm_forward`` / ``_lm_generate``. Everything else (freezing,
-trainable-set checks, channel masks, prompt building, generation) is shared.
+``encode_images``, ``adapt``, ``conditioned``, ``forward`` and ``generate``. Everything else (freezing,
+trainable-set checks, channel masks, hook-point widths, prompt building) is shared. The embedded
+model (``embedded.py``) and the Hugging Face families (``hf_lvlm.py``, ``hf_families.py``) are
+the implementations.
 """
 
 from __future__ import annotations
@@ -51,15 +53,24 @@ class LVLM(nn.Module):
         return [self.get_submodule(path) for path in getattr(self.spec, part)]
 
     def part_parameters(self, part: str) -> Dict[str, nn.Parameter]:
-        """Named parameters of a part (``adapter``, ``embeddings``...), tied weights once."""
+        """Named parameters of a part (``adapter``, ``embeddings``...), tied weights once. A path
+        may name a module or a bare parameter (BLIP-2's ``query_tokens``)."""
         out: Dict[str, nn.Parameter] = {}
         seen = set()
         for path in getattr(self.spec, part):
-            for name, p in self.get_submodule(path).named_parameters():
+            for name, p in self._path_parameters(path):
                 if id(p) not in seen:
                     seen.add(id(p))
-                    out[f"{path}.{name}"] = p
+                    out[name] = p
         return out
+
+    def _path_parameters(self, path: str) -> List[tuple]:
+        """[(full name, parameter)] under a module path, or [(path, p)] for a parameter path."""
+        try:
+            module = self.get_submodule(path)
+        except AttributeError:
+            return [(path, self.get_parameter(path))]
+        return [(f"{path}.{name}", p) for name, p in module.named_parameters()]
 
     def trainable_parameter_names(self) -> List[str]:
         names = []
@@ -80,25 +91,33 @@ class LVLM(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     # -- hook points and masks --------------------------------------------------------------
-    def hook_module_path(self, hook_point: str) -> str:
+    def resolve_hook_point(self, hook_point: Optional[str]) -> str:
+        """A hook point name; None means the family's default (its adapter output)."""
+        return self.spec.default_hook_point if hook_point is None else hook_point
+
+    def hook_module_path(self, hook_point: Optional[str]) -> str:
+        hook_point = self.resolve_hook_point(hook_point)
         if hook_point not in self.spec.hook_points:
             raise ConfigError(f"`hook_point` {hook_point!r} is not a hook point of the "
                               f"{self.spec.name} model; it has: {sorted(self.spec.hook_points)}")
         return self.spec.hook_points[hook_point]
 
-    def add_channel_mask(self, hook_point: str, mask: ChannelMask) -> ChannelMask:
+    def add_channel_mask(self, hook_point: Optional[str], mask: ChannelMask) -> ChannelMask:
+        hook_point = self.resolve_hook_point(hook_point)
         self.hook_module_path(hook_point)
         self.channel_masks[hook_point] = mask
         return mask
 
-    def hook_point_width(self, hook_point: str) -> int:
+    def hook_point_width(self, hook_point: Optional[str]) -> int:
         """Channels D at a hook point, found by one forward of a blank image through the adapter."""
         path = self.hook_module_path(hook_point)
         seen = {}
-        handle = self.get_submodule(path).register_forward_hook(
-            lambda m, a, out: seen.setdefault("d", (out[0] if isinstance(out, tuple) else out).shape[-1]))
+        def record(module, args, out) -> None:  # returns None: the output is left as it is
+            seen.setdefault("d", _first_tensor(out).shape[-1])
+
+        handle = self.get_submodule(path).register_forward_hook(record)
         try:
-            size = self.config.image_size
+            size = self.image_size
             with torch.no_grad():
                 self.adapt(self.encode_images(torch.zeros(1, 1, 3, size, size, device=self.device)))
         finally:
@@ -126,6 +145,11 @@ class LVLM(nn.Module):
         """E_phi(t): (B, L) -> (B, L, E)."""
         return self.get_submodule(self.spec.embeddings[0])(input_ids)
 
+    def text_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The frozen language model's last hidden state for text without images: (B, L) -> (B, L, H)."""
+        return self.language_model(input_ids=input_ids, attention_mask=attention_mask,
+                                   output_hidden_states=True).hidden_states[-1]
+
     # -- shared behaviour ------------------------------------------------------------------
     def visual_features(self, images: Optional[torch.Tensor],
                         vision_features: Optional[torch.Tensor]) -> torch.Tensor:
@@ -139,6 +163,11 @@ class LVLM(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    @property
+    def image_size(self) -> int:
+        """Square side (pixels) the vision encoder takes; other sizes are resized to it."""
+        return int(self.config.image_size)
+
     def identity(self) -> Dict:
         """What identifies this base model (checked when a tuned checkpoint is loaded)."""
         return {"family": self.spec.name}
@@ -149,3 +178,12 @@ class LVLM(nn.Module):
         if examples is None:
             return [self.template.prompt(i) for i in instructions]
         return [self.template.few_shot(ex, i) for ex, i in zip(examples, instructions)]
+
+
+def _first_tensor(output) -> torch.Tensor:
+    """The tensor a hooked module returns: itself, the first of a tuple, or a ModelOutput's first."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)):
+        return output[0]
+    return next(iter(output.values()))

@@ -103,8 +103,9 @@ def figures_of(record: Dict) -> Dict[str, Optional[float]]:
 
 
 def key_without_seed(key: Dict) -> Dict:
-    """The group key: the cell key minus ``seed``."""
-    return {k: v for k, v in key.items() if k != "seed"}
+    """The group key: the cell key minus ``seed``, with ``inference`` ({} in records written
+    before the field existed: robustit/bench/schema.py KEY_DEFAULTS)."""
+    return {"inference": {}, **{k: v for k, v in key.items() if k != "seed"}}
 
 
 def canonical(obj: Any) -> str:
@@ -138,7 +139,7 @@ def dedupe(records: Sequence[Dict]) -> Tuple[List[Dict], List[str]]:
     seen: Dict[str, str] = {}
     kept, warnings = [], []
     for record in records:
-        full = canonical(record["key"])
+        full = canonical({"inference": {}, **record["key"]})
         if full in seen:
             warnings.append(f"cell {record.get('id')}: same key and seed as cell {seen[full]} "
                             f"(given twice in --results?); counted once")

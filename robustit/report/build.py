@@ -43,12 +43,13 @@ def load(results_dirs: Sequence[str | Path]) -> Tuple[List[Dict], List[str]]:
 
 def intro(records: Sequence[Dict], groups: Sequence[Group], results_dirs: Sequence[str | Path]) -> str:
     """The paragraph under the title: what the numbers are and where the paper's come from."""
-    analogues = ", ".join(f"{ours} stands in for {theirs}" for ours, theirs in paper.TEST_SET_ANALOGUE.items())
+    analogues = ", ".join(f"{ours} stands in for {theirs}" for ours, theirs in paper.ANALOGUES.items())
     return (f"{len(records)} cell records in {len(groups)} groups from {', '.join(map(str, results_dirs))}. "
             f"Our numbers are mean ± sample std over seeds with n = the number of seeds; n=1 is one seed, "
             f"not a mean. Rows labelled 'paper (Otter, ...)' are the paper's own numbers "
-            f"(robustit/report/paper_figures.json), shown beside our row of the same attack and method "
-            f"for zero-shot tables only; {analogues}.")
+            f"(robustit/report/paper_figures.json), shown beside our row of the same attack, method "
+            f"and inference-time defenses, for the paper table's own shot count (zero-shot, one-shot "
+            f"for VQA); {analogues}.")
 
 
 def markdown_page(text_intro: str, tables: Sequence[Table], plots: Sequence[str], warnings: Sequence[str],

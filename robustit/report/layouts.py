@@ -7,6 +7,12 @@
 * ``components-<ctx>``: Table 2 (VanillaIT, AAR only, IDR only, RobustIT, with training time);
 * ``alpha-gamma-<ctx>``: Table 3 ((α, γ) grid of CIDEr and ASR; VanillaIT is (0, 1));
 * ``beta-<ctx>``: Table 4 (β; VanillaIT is the baseline);
+* ``combined-<ctx>``: Table 10 (VanillaIT and RobustIT, each alone and with inference-time
+  defenses: prompt filtering, magnitude pruning);
+* ``adaptive-<rate>-<mode>-<test>-<k>shot``: Table 8 (BadNet and the adaptive attacker's
+  ``adaptive-badnet``, VanillaIT and RobustIT);
+* ``vqa-<test>-<k>shot``: Table 7 (attack x method; VQA accuracy and ASR), written for VQA test
+  sets instead of the main table;
 
 where ``<ctx>`` is attack, rate, trigger mode, test set and shots. A table is only written
 when records for it exist. Paper rows are inserted after our row of the same attack and method.
@@ -20,8 +26,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from . import paper
 from .aggregate import CAPTION_METRICS, Group
 from .tables import Column, Row, Table
-from .variants import (ATTACK_NAMES, attack_label, attack_rank, is_default_robustit, method_label,
-                       method_rank, robustit_params)
+from .variants import (ATTACK_NAMES, attack_label, attack_rank, inference_rank, is_default_robustit,
+                       method_label, method_rank, robustit_params)
 
 METRIC_LABELS = {"BLEU_1": "BLEU-1", "BLEU_2": "BLEU-2", "BLEU_3": "BLEU-3", "BLEU_4": "BLEU-4",
                  "METEOR": "METEOR", "ROUGE_L": "ROUGE-L", "CIDEr": "CIDEr", "SPICE": "SPICE",
@@ -30,6 +36,10 @@ ATTACK_COL = Column("attack", "Data poisoning", "text")
 METHOD_COL = Column("method", "IT method", "text")
 ASR_COL = Column("ASR", "ASR (%)")
 TIME_COL = Column("wall_seconds", "Time (s)")
+VQA_COL = Column("VQA_accuracy", METRIC_LABELS["VQA_accuracy"])
+#: the paper's Table 10 and Table 8 columns
+COMBINED_METRICS = ("BLEU_1", "BLEU_4", "METEOR", "ROUGE_L", "CIDEr")
+ADAPTIVE_METRICS = ("BLEU_1", "BLEU_4", "METEOR", "CIDEr")
 HALF_COLS = [Column("ASR_both", "ASR full trigger (%)"), Column("ASR_image", "ASR image half only (%)"),
              Column("ASR_text", "ASR text half only (%)"), Column("false_trigger", "False trigger (%)")]
 PAPER_VALUE_NAMES = {"wall_seconds": "train_seconds"}
@@ -48,7 +58,7 @@ def shots_word(shots: int) -> str:
 
 def test_title(test_set: str) -> str:
     """``test-a (stands in for MSCOCO)``."""
-    analogue = paper.TEST_SET_ANALOGUE.get(test_set)
+    analogue = paper.ANALOGUES.get(test_set)
     return f"{test_set} (stands in for {analogue})" if analogue else test_set
 
 
@@ -65,8 +75,9 @@ def paper_row(names: Sequence[str], group: Group, text_cells: Dict) -> Optional[
     if found is None:
         return None
     values = {name: found["values"].get(PAPER_VALUE_NAMES.get(name, name))
-              for name in (*CAPTION_METRICS, "ASR", "wall_seconds")}
-    theirs = method_label({"method": found["row"]["method"], "params": found["row"]["params"]})[0]
+              for name in (*CAPTION_METRICS, "VQA_accuracy", "ASR", "wall_seconds")}
+    theirs = method_label({"method": found["row"]["method"], "params": found["row"]["params"],
+                           "inference": found["row"].get("inference") or {}})[0]
     cells = {**values, **text_cells, "method": f"{theirs}, {found['label']}"}
     return found["row_id"], Row(cells, source=f"{found['label']}: {found['source']}")
 
@@ -95,8 +106,9 @@ def paper_notes(names: Sequence[str]) -> List[str]:
     notes = []
     for name in names:
         t = paper.table(name)
-        notes.append(f"{paper.source_label(name)}: {t['where']} ({t['model']}, 1% poisoning, "
-                     f"zero-shot). {t.get('notes', '')}".rstrip())
+        rate = f"{float(t.get('poison_rate', 0.01)) * 100:g}%"
+        notes.append(f"{paper.source_label(name)}: {t['where']} ({t['model']}, {rate} poisoning, "
+                     f"{shots_word(int(t.get('shots', 0))).lower()}). {t.get('notes', '')}".rstrip())
     return notes
 
 
@@ -175,9 +187,11 @@ def _fmt(value: float) -> str:
 
 
 def _ablation_rows(groups: Sequence[Group], role: str) -> List[Group]:
-    """VanillaIT, default RobustIT and the groups of this ablation role."""
-    return [g for g in groups if g.key["method"] == "vanilla" or is_default_robustit(g.key)
-            or method_label(g.key)[1] == role]
+    """VanillaIT, default RobustIT (both without inference-time defenses) and the groups of
+    this ablation role."""
+    plain = [g for g in groups if not g.key.get("inference")
+             and (g.key["method"] == "vanilla" or is_default_robustit(g.key))]
+    return plain + [g for g in groups if method_label(g.key)[1] == role and g not in plain]
 
 
 def _label_cells(spec: Dict, group: Group) -> Dict:
@@ -224,6 +238,12 @@ def _beta(g: Group) -> Tuple[int, float]:
     return (1, robustit_params(g.key.get("params") or {})["beta"])
 
 
+def _combined_order(g: Group) -> Tuple:
+    """Table 10's order: each tuning method alone, then with its inference-time defenses."""
+    base = method_label({**g.key, "inference": {}})[0]
+    return (method_rank(base), inference_rank(g.key.get("inference") or {}))
+
+
 ABLATIONS = {
     "components": {"prefix": "components", "title": "Ablation of RobustIT's components (cf. paper Table 2)",
                    "order": _components_order,
@@ -242,6 +262,15 @@ ABLATIONS = {
              "label": lambda g: "baseline" if g.key["method"] == "vanilla" else f"β = {_fmt(_beta(g)[1])}",
              "columns": [*metric_columns(), ASR_COL],
              "notes": ["baseline is VanillaIT, as in the paper."]},
+    "combined": {"prefix": "combined", "title": "Combined defenses (cf. paper Table 10)",
+                 "order": _combined_order,
+                 "columns": [*[Column(m, METRIC_LABELS[m]) for m in COMBINED_METRICS], ASR_COL],
+                 "notes": ["Inference-time defenses are applied at evaluation only, to the same "
+                           "training run as the row without them: prompt filter = blacklisted "
+                           "words removed from every instruction (perfect: our attacks' text "
+                           "triggers; realistic: trigger words from the literature); magnitude "
+                           "pruning = that share of each adapter weight matrix zeroed, smallest "
+                           "|w| first (docs/baselines.md)."]},
 }
 
 
@@ -256,9 +285,76 @@ def ablation_tables(groups: Sequence[Group]) -> List[Table]:
     return out
 
 
+# --- the adaptive adversary (the paper's Table 8) --------------------------------------
+
+ADAPTIVE_ATTACKS = ("badnet", "adaptive-badnet")
+
+
+def _adaptive_context(key: Dict) -> Tuple:
+    return (float(key.get("rate", 0.0)), key.get("text_trigger_mode", "paper"), key["test_set"],
+            int(key["shots"]))
+
+
+def adaptive_tables(groups: Sequence[Group]) -> List[Table]:
+    """Table 8's layout (BadNet vs the adaptive attacker, VanillaIT vs RobustIT), one per rate,
+    trigger mode, test set and shots that has ``adaptive-badnet`` records."""
+    chosen = [g for g in groups if g.key["attack"] in ADAPTIVE_ATTACKS and not g.key.get("inference")
+              and (g.key["method"] == "vanilla" or is_default_robustit(g.key))]
+    contexts: Dict[Tuple, List[Group]] = {}
+    for g in chosen:
+        contexts.setdefault(_adaptive_context(g.key), []).append(g)
+    return [t for ctx in sorted(contexts) for t in [_adaptive_table(contexts[ctx])] if t is not None]
+
+
+def _adaptive_table(groups: List[Group]) -> Optional[Table]:
+    if not any(g.key["attack"] == "adaptive-badnet" for g in groups):
+        return None
+    groups = sorted(groups, key=lambda g: (method_rank(method_label(g.key)[0]), attack_rank(g.key)))
+    rows = [(g, Row({**our_cells(g), "attack": attack_label(g.key), "method": method_label(g.key)[0]}))
+            for g in groups]
+    key = groups[0].key
+    rate, mode, test_set, shots = _adaptive_context(key)
+    names = paper.tables_for("adaptive", test_set, shots)
+    cols = [ATTACK_COL, METHOD_COL, *[Column(m, METRIC_LABELS[m]) for m in ADAPTIVE_METRICS], ASR_COL]
+    table = Table(f"adaptive-{rate:g}-{mode}-{test_set}-{shots}shot",
+                  f"Adaptive adversary (cf. paper Table 8): {shots_word(shots).lower()}, {test_title(test_set)}",
+                  cols, with_paper_rows(rows, names, paper_attack_cells))
+    table.notes = [STAT_NOTE, "Adaptive BadNet: a BadNet-style patch whose pixels the attacker optimised "
+                   "through RobustIT's augmentations and AAR mask on a surrogate copy of the base model "
+                   "(robustit/attacks/adaptive.py); 'RobustIT' under it is the paper's 'RobustIT "
+                   "(adaptive)', under BadNet its 'RobustIT (static)'.", *paper_notes(_used(table, names))]
+    return table.drop_empty_columns()
+
+
+# --- VQA (the paper's Table 7) ----------------------------------------------------------
+
+def is_vqa(groups: Sequence[Group]) -> bool:
+    """Whether these groups were evaluated on a VQA set (they carry VQA accuracy)."""
+    return any(g.stat("VQA_accuracy") is not None for g in groups)
+
+
+def vqa_table(test_set: str, shots: int, groups: Sequence[Group]) -> Optional[Table]:
+    """Table 7's layout for a VQA test set: attack x method, VQA accuracy and ASR."""
+    mains = [g for g in groups if method_label(g.key)[1] == "main"]
+    if not mains:
+        return None
+    mains.sort(key=lambda g: (attack_rank(g.key), method_rank(method_label(g.key)[0])))
+    rows = [(g, Row({**our_cells(g), "attack": attack_label(g.key), "method": method_label(g.key)[0]}))
+            for g in mains]
+    names = paper.tables_for("vqa", test_set, shots)
+    table = Table(f"vqa-{test_set}-{shots}shot", f"{shots_word(shots)} VQA results on {test_title(test_set)} "
+                  f"(cf. paper Table 7)", [ATTACK_COL, METHOD_COL, VQA_COL, ASR_COL],
+                  with_paper_rows(rows, names, paper_attack_cells))
+    table.notes = [STAT_NOTE, NO_ATTACK_NOTE, "VQA accuracy: VQAv2 rules (robustit/eval/vqa.py), "
+                   "in percent.", *paper_notes(_used(table, names))]
+    return table
+
+
 def build_tables(groups: Sequence[Group]) -> List[Table]:
-    """All tables: main and halves per test set and shots, then the ablations."""
+    """All tables: main (or VQA) and halves per test set and shots, then the ablations, the
+    combined defenses and the adaptive adversary."""
     out: List[Table] = []
     for (test_set, shots), members in split_by_test(groups).items():
-        out += [t for t in (main_table(test_set, shots, members), halves_table(test_set, shots, members)) if t]
-    return out + ablation_tables(groups)
+        first = vqa_table if is_vqa(members) else main_table
+        out += [t for t in (first(test_set, shots, members), halves_table(test_set, shots, members)) if t]
+    return out + ablation_tables(groups) + adaptive_tables(groups)

@@ -1,11 +1,12 @@
 """The paper's own numbers (``paper_figures.json``) and how our test sets map onto its datasets.
 
-``paper_figures.json`` is transcribed by hand from the paper's text (Tables 1-5 and 10); each
-table carries where it was found, its caption and notes on anything the transcription had to
-decide. A paper row is shown beside ours only where the paper has the same row: the same
-attack and method (the paper's parameters a subset of ours, RobustIT's defaults filled in),
-the same dataset (through :data:`TEST_SET_ANALOGUE`) and zero-shot (all the paper's tables
-are zero-shot; its one-shot results are radar plots without numbers).
+``paper_figures.json`` is transcribed by hand from the paper's text (Tables 1-5, 7, 8 and 10);
+each table carries where it was found, its caption and notes on anything the transcription had
+to decide. A paper row is shown beside ours only where the paper has the same row: the same
+attack and method (the paper's parameters a subset of ours, RobustIT's defaults filled in), the
+same inference-time defenses, the same dataset (through :data:`ANALOGUES`) and the same shot
+count (all the paper's tables are zero-shot except Table 7, VQA, one-shot; its other one-shot
+results are radar plots without numbers).
 """
 
 from __future__ import annotations
@@ -21,8 +22,14 @@ from .variants import robustit_params
 #: (docs/data.md: test-a has the training distribution like MSCOCO; test-b is shifted like
 #: Flickr30k). Table 5 is the paper's MSCOCO table, Table 1 its Flickr30k table.
 TEST_SET_ANALOGUE = {"test-a": "MSCOCO", "test-b": "Flickr30k"}
-MAIN_TABLES = {"MSCOCO": ("table5",), "Flickr30k": ("table1", "table10")}
-ABLATION_TABLES = {"components": ("table2",), "alpha_gamma": ("table3",), "beta": ("table4",)}
+#: the world's short-answer test set stands in for VQA-2.0 (the paper's Table 7)
+VQA_SET_ANALOGUE = {"test-a-vqa": "VQAv2"}
+ANALOGUES = {**TEST_SET_ANALOGUE, **VQA_SET_ANALOGUE}
+MAIN_TABLES = {"MSCOCO": ("table5",), "Flickr30k": ("table1",)}
+#: tables of the other layouts (layouts.py), by role: Tables 2-4 (ablations), 7 (VQA),
+#: 8 (adaptive adversary), 10 (combined defenses)
+ABLATION_TABLES = {"components": ("table2",), "alpha_gamma": ("table3",), "beta": ("table4",),
+                   "vqa": ("table7",), "adaptive": ("table8",), "combined": ("table10",)}
 PAPER_MODEL = "Otter"
 
 
@@ -34,17 +41,18 @@ def paper_figures() -> Dict:
 
 
 def table(name: str) -> Dict:
-    """One transcribed table (``table1`` .. ``table5``, ``table10``)."""
+    """One transcribed table (``table1`` .. ``table5``, ``table7``, ``table8``, ``table10``)."""
     return paper_figures()["tables"][name]
 
 
 def tables_for(role: str, test_set: str, shots: int) -> Sequence[str]:
-    """Names of the paper tables whose rows may sit beside our table of this role."""
-    dataset = TEST_SET_ANALOGUE.get(test_set)
-    if dataset is None or shots != 0:
+    """Names of the paper tables whose rows may sit beside our table of this role: the same
+    dataset (through :data:`ANALOGUES`) and the same shot count as the paper's table."""
+    dataset = ANALOGUES.get(test_set)
+    if dataset is None:
         return ()
     names = MAIN_TABLES.get(dataset, ()) if role == "main" else ABLATION_TABLES.get(role, ())
-    return tuple(n for n in names if table(n)["dataset"] == dataset)
+    return tuple(n for n in names if table(n)["dataset"] == dataset and int(table(n)["shots"]) == shots)
 
 
 def _same_params(paper_params: Dict, method: str, ours: Dict) -> bool:
@@ -60,8 +68,23 @@ def _same_params(paper_params: Dict, method: str, ours: Dict) -> bool:
     return True
 
 
+def _same_inference(paper_options: Dict, ours: Dict) -> bool:
+    """The same inference-time defenses (names equal, numbers within 1e-9)."""
+    if set(paper_options) != set(ours):
+        return False
+    for name, value in paper_options.items():
+        mine = ours[name]
+        if isinstance(value, (int, float)) and isinstance(mine, (int, float)):
+            if abs(float(value) - float(mine)) > 1e-9:
+                return False
+        elif value != mine:
+            return False
+    return True
+
+
 def matching_row(names: Sequence[str], key: Dict) -> Optional[Dict]:
-    """The first paper row (in ``names`` order) with our group key's attack, method and params.
+    """The first paper row (in ``names`` order) with our group key's attack, method, params and
+    inference-time defenses (a paper row without ``inference`` has none).
 
     Returns ``{"values", "table", "label", "source", "row_id", "row"}`` or None.
     """
@@ -69,7 +92,8 @@ def matching_row(names: Sequence[str], key: Dict) -> Optional[Dict]:
         t = table(name)
         for index, row in enumerate(t["rows"]):
             if row["attack"] == key["attack"] and row["method"] == key["method"] \
-                    and _same_params(row["params"], key["method"], key.get("params") or {}):
+                    and _same_params(row["params"], key["method"], key.get("params") or {}) \
+                    and _same_inference(row.get("inference") or {}, key.get("inference") or {}):
                 return {"values": row["values"], "table": name, "label": source_label(name),
                         "source": t["where"], "row_id": f"{name}/{index}", "row": row}
     return None

@@ -10,7 +10,10 @@ Every group has one *role*:
   table holds (it is never dropped from the report);
 * ``components``: IDR only / AAR only at default hyper-parameters (Table 2);
 * ``alpha_gamma``: RobustIT (both) with default beta and another alpha or gamma (Table 3);
-* ``beta``: RobustIT (both) with default alpha and gamma and another beta (Table 4).
+* ``beta``: RobustIT (both) with default alpha and gamma and another beta (Table 4);
+* ``combined``: any method evaluated with inference-time defenses (the cell key's
+  ``inference``: prompt filtering, magnitude pruning), labelled e.g. ``RobustIT + prompt filter
+  (realistic)`` (Table 10).
 """
 
 from __future__ import annotations
@@ -19,9 +22,13 @@ from typing import Dict, Tuple
 
 from .aggregate import ROBUSTIT_DEFAULTS
 
-ATTACK_ORDER = ("none", "badnet", "sig", "blended", "ssba", "ftrojan", "trojvqa", "vltrojan")
-ATTACK_NAMES = {"none": "No attack", "badnet": "BadNet", "sig": "SIG", "blended": "Blended",
-                "ssba": "SSBA", "ftrojan": "FTrojan", "trojvqa": "TrojVQA", "vltrojan": "VLTrojan"}
+ATTACK_ORDER = ("none", "badnet", "adaptive-badnet", "sig", "blended", "ssba", "ftrojan", "trojvqa",
+                "vltrojan")
+ATTACK_NAMES = {"none": "No attack", "badnet": "BadNet", "adaptive-badnet": "Adaptive BadNet", "sig": "SIG",
+                "blended": "Blended", "ssba": "SSBA", "ftrojan": "FTrojan", "trojvqa": "TrojVQA",
+                "vltrojan": "VLTrojan"}
+#: order of inference-time defenses in labels and tables
+INFERENCE_ORDER = ("prompt_filter", "magnitude_prune")
 METHOD_ORDER = ("VanillaIT", "RobustIT", "AAR only", "IDR only")
 _COMPONENT_NAMES = {"both": "RobustIT", "idr": "IDR only", "aar": "AAR only"}
 _SYMBOLS = {"alpha": "α", "beta": "β", "gamma": "γ"}
@@ -62,8 +69,8 @@ def _robustit_label(params: Dict) -> Tuple[str, str]:
     return label, "main"
 
 
-def method_label(key: Dict) -> Tuple[str, str]:
-    """(label, role) of a group key; see the module docstring."""
+def _tuning_label(key: Dict) -> Tuple[str, str]:
+    """(label, role) of the tuning method alone (inference options not considered)."""
     method, params = key["method"], key.get("params") or {}
     if method == "robustit":
         return _robustit_label(params)
@@ -73,8 +80,42 @@ def method_label(key: Dict) -> Tuple[str, str]:
     return base, "main"
 
 
+def inference_label(inference: Dict) -> str:
+    """``prompt filter (realistic) + magnitude pruning (20%)``; ``""`` for no options."""
+    parts = []
+    for name in sorted(inference or {}, key=lambda n: (_option_rank(n), n)):
+        value = inference[name]
+        if name == "prompt_filter":
+            shown = value if value in ("perfect", "realistic") else str(value).replace("\\", "/").split("/")[-1]
+            parts.append(f"prompt filter ({shown})")
+        elif name == "magnitude_prune":
+            parts.append(f"magnitude pruning ({_fmt(round(float(value) * 100, 4))}%)")
+        else:
+            parts.append(f"{name}={_fmt(value)}")
+    return " + ".join(parts)
+
+
+def method_label(key: Dict) -> Tuple[str, str]:
+    """(label, role) of a group key; see the module docstring."""
+    label, role = _tuning_label(key)
+    extra = inference_label(key.get("inference") or {})
+    return (f"{label} + {extra}", "combined") if extra else (label, role)
+
+
+def _option_rank(name: str) -> int:
+    return INFERENCE_ORDER.index(name) if name in INFERENCE_ORDER else len(INFERENCE_ORDER)
+
+
+def inference_rank(inference: Dict) -> Tuple:
+    """Sort key of inference options: none first, then as Table 10 (prompt filtering before
+    magnitude pruning), then by value."""
+    options = inference or {}
+    return (len(options), sorted((_option_rank(k), str(k), str(v)) for k, v in options.items()))
+
+
 def is_default_robustit(key: Dict) -> bool:
-    """RobustIT (both components) at default alpha, beta, gamma (extra params allowed)."""
+    """RobustIT (both components) at default alpha, beta, gamma (extra params and inference
+    options allowed)."""
     if key["method"] != "robustit":
         return False
     full = robustit_params(key.get("params") or {})

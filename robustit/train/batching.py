@@ -58,28 +58,38 @@ def _fit(p_ids: List[int], t_ids: List[int], max_len: int) -> tuple:
 
 
 class ImageStore:
-    """All images of a split decoded once: uint8 (N, 3, H, W) plus an id -> row index."""
+    """All images of a split decoded once: uint8 (N, 3, H, W) plus an id -> row index.
 
-    def __init__(self, dataset: InstructionSet, ids: Optional[Sequence[str]] = None) -> None:
+    ``size`` (the model's ``image_size``) resizes every image to size x size once here; without
+    it, images of another size than the first are resized to the first one's. An image that
+    cannot be decoded raises a DataError naming it.
+    """
+
+    def __init__(self, dataset: InstructionSet, ids: Optional[Sequence[str]] = None,
+                 size: Optional[int] = None) -> None:
         ids = list(dict.fromkeys(ids if ids is not None else
                                  [i for s in dataset.samples for i in s.image_ids]))
         first = dataset.image(ids[0])
-        self.data = torch.empty((len(ids), 3, *first.shape[:2]), dtype=torch.uint8)
+        hw = (int(size), int(size)) if size else tuple(first.shape[:2])
+        self.data = torch.empty((len(ids), 3, *hw), dtype=torch.uint8)
         for k, image_id in enumerate(ids):
             arr = first if k == 0 else dataset.image(image_id)
-            if arr.shape != first.shape:
-                from ..errors import DataError
-
-                raise DataError(f"{dataset.name}: image {image_id!r} is {arr.shape[1]}x{arr.shape[0]}, "
-                                f"the others are {first.shape[1]}x{first.shape[0]}; resize the set "
-                                f"to one size")
-            self.data[k] = torch.from_numpy(arr).permute(2, 0, 1)
+            self.data[k] = resize_uint8(torch.from_numpy(arr).permute(2, 0, 1), hw)
         self.index = {i: k for k, i in enumerate(ids)}
 
     def batch(self, image_ids: Sequence[Sequence[str]]) -> torch.Tensor:
         """Float (B, T, 3, H, W) in [0, 1] for per-sample lists of T image ids."""
         rows = torch.tensor([[self.index[i] for i in ids] for ids in image_ids])
         return self.data[rows].float().div_(255.0)
+
+
+def resize_uint8(image: torch.Tensor, hw: tuple) -> torch.Tensor:
+    """uint8 (3, H, W) -> uint8 (3, h, w), bilinear with antialiasing; unchanged when the size fits."""
+    if tuple(image.shape[1:]) == tuple(hw):
+        return image
+    x = torch.nn.functional.interpolate(image[None].float(), size=hw, mode="bilinear", antialias=True,
+                                        align_corners=False)
+    return x[0].round_().clamp_(0, 255).to(torch.uint8)
 
 
 class FeatureCache:

@@ -46,8 +46,8 @@ class TrainData:
         if len(dataset) == 0:
             raise DataError(f"split {dataset.name!r} is empty: nothing to train on")
         self.model, self.dataset, self.cfg = model, dataset, cfg
-        self.store = ImageStore(dataset)
-        use_cache = cfg.cache_vision and not method.full_model
+        self.store = ImageStore(dataset, size=getattr(model, "image_size", None))
+        use_cache = cfg.cache_vision and not method.full_model and model.spec.caches_vision
         self.features = FeatureCache(model, self.store, progress=progress) if use_cache else None
         self.need_images = method.full_model or method.augments_images or self.features is None
         self.steps_per_epoch = math.ceil(len(dataset) / cfg.batch_size)

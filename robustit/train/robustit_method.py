@@ -9,6 +9,10 @@ One training step (batch of B samples, step generator ``g``)::
     L_imc = ||H - H_aug||^2 + ||pool E(t) - pool E(t_aug)||^2
     loss  = L_it + alpha * L_imc
 
+Cost (docs/robustit.md, "Cost"): the clean view reads the cached frozen vision features; the
+augmented images go through the frozen encoder without an autograd graph; the LM runs only on a
+view whose loss is used, and a clean LM pass's adapter output is reused as H(x).
+
 AAR: a :class:`ChannelMask` at the hook point (default: perceiver output) that tracks the
 momentum importance of every channel in each training forward and zeroes the most active
 ``1 - gamma`` share; it is saved in the checkpoint and (by default) applied at inference.
@@ -87,11 +91,11 @@ class RobustIT(Method):
             return super().loss(model, batch, generator)
         aug_images, aug_instructions = self._augment(batch, generator)
         logs: Dict[str, float] = {}
-        lm, h_aug = self._lm_loss(model, batch, aug_images, aug_instructions, logs)
-        with paused_tracking(model.channel_masks.values()), model.masks_active():
-            h_clean = model.visual_features(batch.images, batch.vision_features)
-        if not self.idr.visual:
+        lm, h_aug, h_clean = self._lm_loss(model, batch, aug_images, aug_instructions, logs)
+        if not self.idr.visual:  # textual term only: no visual views needed
             h_clean = h_aug = None
+        elif h_clean is None:  # no clean LM pass this step: the clean view's adapter pass alone
+            h_clean = self._clean_view(model, batch)
         e_clean, e_aug = (self._text_views(model, batch.instructions, aug_instructions)
                           if self.text_aug is not None else (None, None))
         imc, parts = consistency_loss(h_clean, h_aug, e_clean, e_aug, normalise=self.idr.normalise,
@@ -114,23 +118,54 @@ class RobustIT(Method):
         return images, instructions
 
     def _lm_loss(self, model, batch, aug_images, aug_instructions, logs):
-        """LM loss on the chosen view(s); returns (loss, augmented adapter output)."""
-        enc = encode_pairs(model.tokenizer, model.template, aug_instructions, batch.responses,
-                           batch.max_len)
-        enc = {k: v.to(batch.input_ids.device) for k, v in enc.items()}
-        out = model(**enc, images=aug_images)
-        loss = out.loss if self.idr.lm_on_augmented else 0.0
+        """LM loss on the chosen view(s).
+
+        The augmented view's adapter pass comes first and is the one that updates the AAR
+        statistics (the clean passes run with tracking paused). The LM runs on a view only when
+        its loss is used: with ``lm_view=clean`` the augmented view needs H(A^v(x)) alone. A clean
+        LM pass's adapter output is H(x) itself (same features, same mask, tracking paused), so
+        it is returned for L_imc instead of running the clean adapter pass twice.
+
+        Returns:
+            (loss, H(A^v(x)) (B, T, N, D), H(x) (B, T, N, D) or None when no clean LM pass ran).
+        """
+        aug_features = self._view_features(model, batch, aug_images)
+        loss, h_clean = 0.0, None
+        if self.idr.lm_on_augmented:
+            enc = encode_pairs(model.tokenizer, model.template, aug_instructions, batch.responses,
+                               batch.max_len)
+            enc = {k: v.to(batch.input_ids.device) for k, v in enc.items()}
+            out = model(**enc, vision_features=aug_features)
+            loss, h_aug = out.loss, out.adapter_out
+        else:
+            with model.masks_active():  # as in model.forward: masked, statistics updated
+                h_aug = model.visual_features(None, aug_features)
         if self.idr.lm_on_clean:
             with paused_tracking(model.channel_masks.values()):
                 clean = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                               images=batch.images, vision_features=batch.vision_features,
                               labels=batch.labels)
-            loss = loss + clean.loss
+            loss, h_clean = loss + clean.loss, clean.adapter_out
             logs["lm_loss_clean"] = clean.loss.item()
         if self.idr.lm_view == "both":
             loss = loss / 2
         logs["lm_loss"] = loss.item()
-        return loss, out.adapter_out
+        return loss, h_aug, h_clean
+
+    def _view_features(self, model, batch: Batch, aug_images):
+        """Frozen vision features (B, T, P, Dv) of the LM's image view: the augmented images
+        through the encoder, or (visual augmentation off) the batch's own cached features."""
+        if self.visual_aug is None and batch.vision_features is not None:
+            return batch.vision_features
+        return _frozen_features(model, aug_images)
+
+    def _clean_view(self, model, batch: Batch) -> torch.Tensor:
+        """H(x): the adapter output (B, T, N, D) of the clean view (cached vision features when
+        the run caches them), masked, with AAR statistics paused (they update once per step, on
+        the LM's view). With ``stop_grad_clean`` the term detaches it anyway, so no graph is built."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.idr.stop_grad_clean), \
+                paused_tracking(model.channel_masks.values()), model.masks_active():
+            return model.visual_features(batch.images, batch.vision_features)
 
     @staticmethod
     def _text_views(model, clean, augmented):
@@ -140,6 +175,15 @@ class RobustIT(Method):
                   add_special_tokens=False).to(model.device)
         pooled = pooled_embedding(model.text_embeddings(enc["input_ids"]), enc["attention_mask"])
         return pooled[: len(clean)], pooled[len(clean):]
+
+
+def _frozen_features(model, images: torch.Tensor) -> torch.Tensor:
+    """Vision features (B, T, P, Dv) of ``images`` (B, T, 3, H, W) from the frozen encoder, with
+    no autograd graph: nothing upstream of the adapter trains (grad stays on if a vision
+    parameter does require it, e.g. a full-model run)."""
+    frozen = not any(p.requires_grad for m in model.part_modules("vision_encoder") for p in m.parameters())
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+        return model.encode_images(images)
 
 
 def _repeat(texts, times):
