@@ -79,7 +79,11 @@ def test_shards_partition_the_grid_without_splitting_a_run():
 
 
 def test_every_shipped_spec_parses():
-    for name in ("quick", "paper", "ablation", "sweep", "attacks"):
+    from robustit.bench.spec import SHIPPED
+
+    names = sorted(p.stem for p in SHIPPED.glob("*.yaml"))
+    assert {"quick", "paper", "ablation", "sweep", "attacks", "adaptive", "vqa", "baselines"} <= set(names)
+    for name in names:
         spec = load_spec(name)
         assert spec.name == name and expand(spec)
 
