@@ -1,5 +1,7 @@
 """RobustIT as a tuning method: components, gradients, masks in checkpoints, bad input."""
 
+import json
+
 import pytest
 import torch
 
@@ -103,3 +105,15 @@ def test_checkpoint_for_a_model_of_another_width_is_refused(tmp_path):
 def test_cli_shortcuts_only_for_robustit(tmp_path, capsys):
     rc = main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--alpha", "2"])
     assert rc == 2 and "--method robustit" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("params", [{"lm_view": "clean"}, {"lm_view": "both"},
+                                    {"visual": False}, {"stop_grad_clean": True}])
+def test_view_options_train_and_log_the_consistency_term(tmp_path, params):
+    """Each reading of the loss runs with the default feature cache (visual=false once crashed
+    there) and keeps a positive consistency term in the logs."""
+    model = tiny_model()
+    summary = train(model, tiny_dataset(16), _cfg(**params), tmp_path, progress=False)
+    assert summary["steps"] == 3
+    logged = [json.loads(line) for line in (tmp_path / "logs" / "loss.jsonl").read_text().splitlines()]
+    assert logged and all(row["imc"] > 0 for row in logged)

@@ -129,17 +129,8 @@ class RobustIT(Method):
         Returns:
             (loss, H(A^v(x)) (B, T, N, D), H(x) (B, T, N, D) or None when no clean LM pass ran).
         """
-        aug_features = self._view_features(model, batch, aug_images)
-        loss, h_clean = 0.0, None
-        if self.idr.lm_on_augmented:
-            enc = encode_pairs(model.tokenizer, model.template, aug_instructions, batch.responses,
-                               batch.max_len)
-            enc = {k: v.to(batch.input_ids.device) for k, v in enc.items()}
-            out = model(**enc, vision_features=aug_features)
-            loss, h_aug = out.loss, out.adapter_out
-        else:
-            with model.masks_active():  # as in model.forward: masked, statistics updated
-                h_aug = model.visual_features(None, aug_features)
+        loss, h_aug = self._augmented_pass(model, batch, aug_images, aug_instructions)
+        h_clean = None
         if self.idr.lm_on_clean:
             with paused_tracking(model.channel_masks.values()):
                 clean = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
@@ -152,6 +143,17 @@ class RobustIT(Method):
         logs["lm_loss"] = loss.item()
         return loss, h_aug, h_clean
 
+    def _augmented_pass(self, model, batch, aug_images, aug_instructions):
+        """(LM loss on the augmented view, or 0.0 when it is not used; H(A^v(x)) (B, T, N, D))."""
+        features = self._view_features(model, batch, aug_images)
+        if not self.idr.lm_on_augmented:
+            with model.masks_active():  # as in model.forward: masked, statistics updated
+                return 0.0, model.visual_features(None, features)
+        enc = encode_pairs(model.tokenizer, model.template, aug_instructions, batch.responses,
+                           batch.max_len)
+        out = model(**{k: v.to(batch.input_ids.device) for k, v in enc.items()}, vision_features=features)
+        return out.loss, out.adapter_out
+
     def _view_features(self, model, batch: Batch, aug_images):
         """Frozen vision features (B, T, P, Dv) of the LM's image view: the augmented images
         through the encoder, or (visual augmentation off) the batch's own cached features."""
@@ -162,7 +164,7 @@ class RobustIT(Method):
     def _clean_view(self, model, batch: Batch) -> torch.Tensor:
         """H(x): the adapter output (B, T, N, D) of the clean view (cached vision features when
         the run caches them), masked, with AAR statistics paused (they update once per step, on
-        the LM's view). With ``stop_grad_clean`` the term detaches it anyway, so no graph is built."""
+        the augmented view). With ``stop_grad_clean`` the term detaches it anyway, so no graph is built."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.idr.stop_grad_clean), \
                 paused_tracking(model.channel_masks.values()), model.masks_active():
             return model.visual_features(batch.images, batch.vision_features)
