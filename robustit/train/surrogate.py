@@ -74,6 +74,7 @@ class RobustITSurrogate:
             (scalar loss, {"lm_loss", "masked_share"}).
         """
         views = self.augment(images, generator)[0] if self.augment is not None else images
+        views = self._fit(views)
         enc = self._encode(instructions, responses)
         with self._adapter_frozen(), paused_tracking(self.model.channel_masks.values()), \
                 self._hook_activations() as seen:
@@ -107,7 +108,7 @@ class RobustITSurrogate:
         enc = self._encode(instructions, responses)
         samples = [Sample(f"surrogate-{i}", [f"surrogate-img-{i}"], ins, resp)
                    for i, (ins, resp) in enumerate(zip(instructions, responses))]
-        batch = Batch(samples=samples, images=images.detach().unsqueeze(1), vision_features=None,
+        batch = Batch(samples=samples, images=self._fit(images.detach()).unsqueeze(1), vision_features=None,
                       max_len=self.max_len, **enc)
         self.model.train()
         loss, logs = self.method.loss(self.model, batch, generator)
@@ -118,6 +119,15 @@ class RobustITSurrogate:
         return {**logs, "loss": loss.item()}
 
     # -- helpers -----------------------------------------------------------------------------
+    def _fit(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) -> (B, 3, S, S) at the model's input size S (differentiable resize), so
+        triggers are optimised on data of any size, as the victim's batching resizes it."""
+        size = self.model.image_size
+        if tuple(images.shape[-2:]) == (size, size):
+            return images
+        return torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear",
+                                               antialias=True, align_corners=False)
+
     def _encode(self, instructions: Sequence[str], responses: Sequence[str]) -> Dict[str, Tensor]:
         enc = encode_pairs(self.model.tokenizer, self.model.template, list(instructions), list(responses),
                            self.max_len)
