@@ -38,6 +38,7 @@ def register(sub) -> None:
                         "input is not augmented)")
     p.add_argument("--no-resume", action="store_true", help="start from scratch even if RUN/resume exists")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_scale_args(p)
     g = p.add_argument_group("RobustIT (--method robustit)")
     g.add_argument("--alpha", type=float, default=None, help="IDR consistency weight (paper: 2)")
     g.add_argument("--beta", type=float, default=None, help="AAR momentum in [0, 1] (paper: 0.9)")
@@ -48,6 +49,31 @@ def register(sub) -> None:
     add_param_arg(p, "method (e.g. lm_view=clean, normalise=relative, hook_point=vision, label_aware=true)")
     add_threads_arg(p)
     p.set_defaults(func=run)
+
+
+def add_scale_args(p: argparse.ArgumentParser) -> None:
+    """--device, --mixed-precision, --grad-accum (docs/training.md, "Several processes")."""
+    g = p.add_argument_group("devices and processes (run under torchrun / accelerate launch for "
+                             "several processes; --batch-size is per process)")
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto: this process's GPU when CUDA is visible, else the CPU (default)")
+    g.add_argument("--mixed-precision", default=None, choices=["no", "bf16", "fp16"],
+                   help="autocast precision (default: the launcher's ACCELERATE_MIXED_PRECISION, "
+                        "else no); fp16 needs a GPU")
+    g.add_argument("--grad-accum", type=int, default=None, metavar="N",
+                   help="micro-batches per optimizer step and process (default: the launcher's "
+                        "ACCELERATE_GRADIENT_ACCUMULATION_STEPS, else 1); global batch = "
+                        "batch size x processes x N")
+
+
+def scale_options(args: argparse.Namespace) -> dict:
+    """grad_accum and mixed_precision for the TrainConfig: the options, else the launcher's."""
+    import os
+
+    accum = (args.grad_accum if args.grad_accum is not None
+             else int(os.environ.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "1")))
+    precision = args.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
+    return {"grad_accum": accum, "mixed_precision": precision}
 
 
 def method_params(args: argparse.Namespace) -> dict:
@@ -63,10 +89,12 @@ def method_params(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..distributed import is_main_process
     from ..models.factory import load_base
     from ..train.config import preset_config
     from ..train.loop import train
     from ..train.methods import METHODS
+    from ..train.runtime import check_precision
 
     if args.list_methods:
         print("\n".join(METHODS.names()))
@@ -75,14 +103,19 @@ def run(args: argparse.Namespace) -> int:
     cfg = preset_config(args.preset, method=args.method, lr=args.lr, batch_size=args.batch_size,
                         epochs=args.epochs, max_steps=args.max_steps, seed=args.seed,
                         save_every=args.save_every, threads=args.threads,
-                        cache_vision=not args.no_cache_vision, method_params=method_params(args))
+                        cache_vision=not args.no_cache_vision, method_params=method_params(args),
+                        **scale_options(args))
     METHODS.get(cfg.method)(cfg.method_params)  # bad method parameters fail before any loading
+    check_precision(cfg.mixed_precision, args.device)  # e.g. fp16 on a CPU, before any loading
     dataset = open_split(args.data, args.split, skip_invalid=args.skip_invalid, **data_options(args))
     model, info = load_base(args.model)
     summary = train(model, dataset, cfg, args.out, base_info={**info.to_dict(), "identity": model.identity()},
-                    progress=not args.quiet, resume=not args.no_resume)
+                    progress=not args.quiet, resume=not args.no_resume, device=args.device)
+    if not is_main_process():  # under a launcher rank 0 reports
+        return 0
     report_skipped(dataset)
-    print(json.dumps({k: summary[k] for k in ("method", "trainable_parameters", "steps", "wall_seconds",
-                                              "samples_per_second")}, indent=2))
+    print(json.dumps({**{k: summary[k] for k in ("method", "trainable_parameters", "steps", "wall_seconds",
+                                                 "samples_per_second")},
+                      "global_batch": summary["scale"]["global_batch"]}, indent=2))
     print(f"checkpoint: {args.out}/checkpoint")
     return 0

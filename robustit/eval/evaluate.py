@@ -16,6 +16,7 @@ from ..attacks.base import Attack
 from ..attacks.poison import trigger_dataset
 from ..config import config_to_dict
 from ..data.records import InstructionSet
+from ..distributed import gather_to_main, rank, world_size
 from ..errors import ConfigError, DataError
 from ..io import provenance
 from .asr import Matcher, attack_success_rate, false_trigger_rate
@@ -122,10 +123,13 @@ def inference_defenses(model, cfg: EvalConfig) -> Tuple[Optional[Callable[[str],
 
 def evaluate(model, dataset: InstructionSet, cfg: EvalConfig, attacks: Sequence[Attack] = (),
              support: Optional[InstructionSet] = None, progress: bool = True,
-             identity: Optional[dict] = None) -> Tuple[dict, List[dict]]:
+             identity: Optional[dict] = None) -> Tuple[Optional[dict], List[dict]]:
     """Run one evaluation. Returns (result, generation rows); nothing is written here.
 
     With ``cfg.magnitude_prune`` the model's adapter is pruned in place before generation.
+    Under torch.distributed (``robustit eval`` started by torchrun / accelerate launch) every rank
+    generates its block of each set, the rows are gathered once to rank 0, and rank 0 scores;
+    the other ranks return (None, []).
     """
     task = check_ground_truth(dataset)
     if task == "caption":
@@ -134,37 +138,54 @@ def evaluate(model, dataset: InstructionSet, cfg: EvalConfig, attacks: Sequence[
     preflight_attacks(dataset, attacks)
     prompt_filter, defenses = inference_defenses(model, cfg)
     t0 = time.perf_counter()
-    rows = generate_for_set(model, dataset, cfg.decoding, support, progress, desc="clean",
-                            prompt_filter=prompt_filter)
-    for r in rows:
-        r["set"] = "clean"
-    outputs = {r["id"]: r["output"] for r in rows}
+    sets = _gather_sets(_generate_sets(model, dataset, cfg, attacks, support, progress, prompt_filter))
+    if sets is None:  # not rank 0: its rows went to rank 0
+        return None, []
+    outputs = {r["id"]: r["output"] for r in sets["clean"]}
     result = {"task": task, **quality(task, dataset, outputs, cfg),
               "false_trigger_rate": false_trigger_rate(list(outputs.values()), matcher).to_dict(),
-              "asr": {}}
-    for attack in attacks:
-        result["asr"][attack.name], new_rows = _attack_asr(model, dataset, attack, cfg, matcher,
-                                                           support, progress, prompt_filter)
-        rows += new_rows
+              "asr": {attack.name: _attack_asr(attack, cfg, matcher, sets) for attack in attacks}}
     result.update(_record(dataset, cfg, matcher, attacks, identity, time.perf_counter() - t0))
     result["inference_defenses"] = defenses
     result["prompt_template"] = model.template.to_dict()
-    return result, rows
+    return result, [row for rows in sets.values() for row in rows]
 
 
-def _attack_asr(model, dataset, attack, cfg, matcher, support, progress,
-                prompt_filter=None) -> Tuple[dict, List[dict]]:
-    out, rows = {"attack": attack.describe()}, []
+def _measured_halves(attack: Attack, cfg: EvalConfig) -> List[str]:
+    """The halves of ``cfg.halves`` this attack has (no text half without a text trigger)."""
+    return [h for h in cfg.halves if h != "text" or attack.text_trigger]
+
+
+def _generate_sets(model, dataset, cfg, attacks, support, progress, prompt_filter) -> Dict[str, List[dict]]:
+    """Rows per set name (``clean``, ``ATTACK/HALF``) for this rank's block of the samples."""
+    shard = (rank(), world_size())
+    sets = {"clean": generate_for_set(model, dataset, cfg.decoding, support, progress, desc="clean",
+                                      prompt_filter=prompt_filter, shard=shard)}
+    for attack in attacks:
+        for half in _measured_halves(attack, cfg):
+            name = f"{attack.name}/{half}"
+            twin = trigger_dataset(dataset, attack, halves=half)
+            sets[name] = generate_for_set(model, twin, cfg.decoding, support, progress, desc=name,
+                                          prompt_filter=prompt_filter, shard=shard)
+    return {name: [{**row, "set": name} for row in rows] for name, rows in sets.items()}
+
+
+def _gather_sets(local: Dict[str, List[dict]]) -> Optional[Dict[str, List[dict]]]:
+    """Every rank's rows on rank 0 in one gather, each set in the data set's order (ranks hold
+    consecutive blocks); None on the other ranks."""
+    gathered = gather_to_main(local)
+    if gathered is None:
+        return None
+    return {name: [row for part in gathered for row in part[name]] for name in local}
+
+
+def _attack_asr(attack, cfg, matcher, sets) -> dict:
+    out = {"attack": attack.describe()}
     for half in cfg.halves:
-        if half == "text" and not attack.text_trigger:
-            out[half] = None  # this reading of the attack has no text trigger
-            continue
-        twin = trigger_dataset(dataset, attack, halves=half)
-        gen = generate_for_set(model, twin, cfg.decoding, support, progress, desc=f"{attack.name}/{half}",
-                               prompt_filter=prompt_filter)
-        out[half] = attack_success_rate([g["output"] for g in gen], matcher).to_dict()
-        rows += [{**g, "set": f"{attack.name}/{half}"} for g in gen]
-    return out, rows
+        name = f"{attack.name}/{half}"
+        # None: this reading of the attack has no text trigger
+        out[half] = attack_success_rate([g["output"] for g in sets[name]], matcher).to_dict() if name in sets else None
+    return out
 
 
 def _record(dataset, cfg, matcher, attacks, identity, seconds) -> dict:

@@ -8,12 +8,13 @@ generator, so the same seed gives the same examples for the clean and the trigge
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from tqdm.auto import tqdm
 
 from ..data.records import InstructionSet, Sample
+from ..distributed import shard_bounds
 from ..errors import ConfigError, DataError
 from ..seeding import derive_seed, torch_generator
 from ..train.batching import ImageStore
@@ -51,12 +52,17 @@ def pick_examples(queries: Sequence[Sample], support: InstructionSet, seed: int,
 def generate_for_set(model, dataset: InstructionSet, decoding: DecodingConfig,
                      support: Optional[InstructionSet] = None, progress: bool = True,
                      desc: str = "generating",
-                     prompt_filter: Optional[Callable[[str], str]] = None) -> List[Dict]:
+                     prompt_filter: Optional[Callable[[str], str]] = None,
+                     shard: Tuple[int, int] = (0, 1)) -> List[Dict]:
     """Generate a response for every sample. Returns one dict per sample: id, prompt, output.
 
     ``prompt_filter`` (e.g. a :class:`robustit.defenses.prompt_filter.PromptFilter`) rewrites
     every instruction in the prompt (the query's and a one-shot example's, never a response)
     before templating; the row's ``prompt`` shows the filtered text.
+
+    ``shard`` = (rank, world): generate only this rank's contiguous block of the samples
+    (``robustit.distributed.shard_bounds``); one-shot examples are drawn for the whole set first,
+    so every sample gets the example it gets in a one-process run.
     """
     samples = dataset.samples
     examples = None
@@ -64,8 +70,13 @@ def generate_for_set(model, dataset: InstructionSet, decoding: DecodingConfig,
         if support is None:
             raise ConfigError("one-shot generation needs a support split (e.g. --support train)")
         examples = pick_examples(samples, support, decoding.seed, task=samples[0].task if samples else None)
+    start, stop = shard_bounds(len(samples), *shard)
+    samples, examples = samples[start:stop], examples[start:stop] if examples else None
+    if not samples:  # more ranks than samples: nothing to decode here
+        return []
     size = getattr(model, "image_size", None)  # one size for query and in-context images
-    store = ImageStore(dataset, size=size)
+    # a shard decodes only its own images (one process: the whole split, as always)
+    store = ImageStore(dataset, None if shard[1] == 1 else [s.image_ids[0] for s in samples], size=size)
     ex_store = ImageStore(support, [e.image_ids[0] for e in examples], size=size) if examples else None
     out: List[Dict] = []
     model.eval()

@@ -21,7 +21,6 @@ from ..config import config_from_dict, config_to_dict
 from ..defenses.cleanclip import CleanCLIPAugment, CleanCLIPConfig
 from ..defenses.fineprune import (FinePruneConfig, channel_activity, install_prune_mask,
                                   measurement_slice, prune_count)
-from ..seeding import derive_seed, torch_generator
 from .batching import Batch, encode_pairs
 from .methods import METHODS, Method
 
@@ -63,23 +62,19 @@ class FinePrune(Method):
         """``retune_steps`` optimizer steps at a constant lr with the mask fixed; their losses.
 
         Batches continue the run's data order (steps total, total + 1, ...); the mask does not
-        track (``tracking=False``), so it stays as measured.
+        track (``tracking=False``), so it stays as measured. The steps go through the loop's
+        runtime (``data.runtime``), so under a launcher gradients are all-reduced as in training.
         """
+        from .runtime import Runtime
+
         lr = self.cfg.retune_lr or cfg.lr
         params = [p for group in optimizer.param_groups for p in group["params"]]
+        runtime = data.runtime or Runtime(model, self, optimizer, dict(enumerate(params)), cfg)
         losses, start = [], data.total_steps()
         model.train()
         for step in range(start, start + self.cfg.retune_steps):
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            generator = torch_generator(derive_seed(cfg.seed, "retune", step))
-            loss, _ = self.loss(model, data.batch(step), generator)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            optimizer.step()
-            losses.append(round(loss.item(), 6))
+            results = runtime.step(data, step, lr, label="retune", clip_params=params)
+            losses.append(round(runtime.mean_logs(results)["loss"], 6))
         return losses
 
 

@@ -19,6 +19,9 @@ from ..config import check_range
 from ..errors import ConfigError
 
 
+MIXED_PRECISION = ("no", "bf16", "fp16")
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a tuning run (saved with its checkpoint).
@@ -26,7 +29,8 @@ class TrainConfig:
     Attributes:
         method: tuning method (``vanilla``, ``robustit``, ``pretrain``, ...).
         preset: the preset these defaults came from (recorded, informative).
-        lr, batch_size, epochs, weight_decay, warmup_ratio, grad_clip: optimisation.
+        lr, batch_size, epochs, weight_decay, warmup_ratio, grad_clip: optimisation;
+            ``batch_size`` is per process (one rank's micro-batch).
         max_steps: stop after this many optimizer steps (0 = run all epochs).
         seed: seeds model-independent randomness: data order, augmentations, dropout.
         max_len: token budget per sample (prompt + response).
@@ -34,6 +38,10 @@ class TrainConfig:
         save_every: write a resumable checkpoint every this many steps (0 = only at the end).
         log_every: log loss every this many steps.
         threads: torch threads (0 = leave as is).
+        grad_accum: micro-batches of ``batch_size`` per rank whose gradients make one optimizer
+            step; the global batch is batch_size x ranks x grad_accum (docs/training.md).
+        mixed_precision: ``no`` (float32), ``bf16`` or ``fp16`` autocast through accelerate;
+            fp16 (with a gradient scaler) needs a GPU.
         method_params: the method's own options (e.g. RobustIT's alpha, beta, gamma).
     """
 
@@ -52,6 +60,8 @@ class TrainConfig:
     save_every: int = 200
     log_every: int = 10
     threads: int = 0
+    grad_accum: int = 1
+    mixed_precision: str = "no"
     method_params: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -61,6 +71,10 @@ class TrainConfig:
         check_range("weight_decay", self.weight_decay, 0)
         check_range("warmup_ratio", self.warmup_ratio, 0, 1)
         check_range("max_len", self.max_len, 8)
+        check_range("grad_accum", self.grad_accum, 1)
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ConfigError(f"`mixed_precision` must be one of {list(MIXED_PRECISION)}; "
+                              f"got {self.mixed_precision!r}")
         if self.preset not in PRESETS:
             raise ConfigError(f"`preset` must be one of {sorted(PRESETS)}; got {self.preset!r}")
 

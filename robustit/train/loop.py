@@ -10,6 +10,12 @@ Run folder layout (``run_dir``)::
 Resuming: data order and augmentation randomness are pure functions of (seed, epoch / step), and
 the global RNG (dropout) is saved with the state, so a resumed run continues exactly where the
 killed one stopped.
+
+Processes: the same function runs under ``torchrun`` / ``accelerate launch`` (see
+``runtime.py``). Every rank builds the model, data and optimizer alike; each optimizer step reads
+one global batch of batch_size x ranks x grad_accum samples, of which each rank takes its own
+disjoint micro-batches; AAR statistics are all-reduced inside the forward, so masks agree on every
+rank. Only rank 0 writes the run folder; every rank returns after it has.
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ from tqdm.auto import tqdm
 
 from ..config import config_to_dict
 from ..data.records import InstructionSet
-from ..errors import DataError
+from ..distributed import gather_to_main, shard_bounds
+from ..errors import CheckpointError, DataError
 from ..io import atomic_write_json, provenance
 from ..models.checkpoint import (OPTIM_WEIGHTS, TRAINER_STATE, load_tuned, save_tuned)
 from ..seeding import derive_seed, seed_everything, torch_generator
@@ -35,22 +42,33 @@ from . import resume as rs
 from .batching import Batch, FeatureCache, ImageStore, encode_pairs
 from .config import TrainConfig
 from .methods import METHODS, Method
+from .runtime import Runtime, make_accelerator
 from .schedule import cosine_with_warmup
 
 
 class TrainData:
-    """Deterministic batches: the order of epoch e is a permutation seeded by (seed, e)."""
+    """Deterministic batches: the order of epoch e is a permutation seeded by (seed, e).
+
+    Optimizer step s reads global batch s: ``global_batch`` = batch_size x world x grad_accum
+    consecutive rows of the permutation, cut into ``slots`` = world x grad_accum micro-batches;
+    rank r's micro-batch m is slot m * world + r. So 2 ranks x batch 8 and 1 rank x batch 16 see
+    the same 16 samples at every step. ``runtime`` is set by :func:`train` (methods' ``finish``
+    steps through it).
+    """
 
     def __init__(self, model, dataset: InstructionSet, cfg: TrainConfig, method: Method,
-                 progress: bool) -> None:
+                 progress: bool, rank: int = 0, world: int = 1) -> None:
         if len(dataset) == 0:
             raise DataError(f"split {dataset.name!r} is empty: nothing to train on")
         self.model, self.dataset, self.cfg = model, dataset, cfg
+        self.rank, self.world, self.slots = rank, world, world * cfg.grad_accum
+        self.global_batch = cfg.batch_size * self.slots
+        self.runtime: Optional[Runtime] = None
         self.store = ImageStore(dataset, size=getattr(model, "image_size", None))
         use_cache = cfg.cache_vision and not method.full_model and model.spec.caches_vision
         self.features = FeatureCache(model, self.store, progress=progress) if use_cache else None
         self.need_images = method.full_model or method.augments_images or self.features is None
-        self.steps_per_epoch = math.ceil(len(dataset) / cfg.batch_size)
+        self.steps_per_epoch = math.ceil(len(dataset) / self.global_batch)
         self._perm_epoch, self._perm = -1, None
 
     def total_steps(self) -> int:
@@ -58,15 +76,25 @@ class TrainData:
             return self.cfg.max_steps
         return max(1, math.ceil(self.cfg.epochs * self.steps_per_epoch))
 
-    def indices(self, step: int) -> list:
+    def step_rows(self, step: int) -> list:
+        """Dataset rows of global batch ``step`` (all ranks, all micro-batches)."""
         epoch, pos = divmod(step, self.steps_per_epoch)
         if epoch != self._perm_epoch:
             g = torch_generator(derive_seed(self.cfg.seed, "order", epoch))
             self._perm, self._perm_epoch = torch.randperm(len(self.dataset), generator=g).tolist(), epoch
-        return self._perm[pos * self.cfg.batch_size:(pos + 1) * self.cfg.batch_size]
+        return self._perm[pos * self.global_batch:(pos + 1) * self.global_batch]
 
-    def batch(self, step: int) -> Batch:
-        samples = [self.dataset.samples[i] for i in self.indices(step)]
+    def indices(self, step: int, micro: int = 0) -> list:
+        """This rank's rows for micro-batch ``micro`` of step ``step``."""
+        return slot_rows(self.step_rows(step), micro * self.world + self.rank, self.slots,
+                         self.cfg.batch_size)
+
+    def step_size(self, step: int) -> int:
+        """Distinct samples global batch ``step`` holds (for throughput)."""
+        return len(self.step_rows(step))
+
+    def batch(self, step: int, micro: int = 0) -> Batch:
+        samples = [self.dataset.samples[i] for i in self.indices(step, micro)]
         image_ids = [s.image_ids for s in samples]
         enc = encode_pairs(self.model.tokenizer, self.model.template, [s.instruction for s in samples],
                            [s.answer for s in samples], self.cfg.max_len)
@@ -75,6 +103,19 @@ class TrainData:
                      images=self.store.batch(image_ids).to(dev) if self.need_images else None,
                      vision_features=self.features.batch(image_ids).to(dev) if self.features else None,
                      max_len=self.cfg.max_len, **{k: v.to(dev) for k, v in enc.items()})
+
+
+def slot_rows(block: list, slot: int, slots: int, size: int) -> list:
+    """Rows of micro-batch ``slot`` of ``slots`` in a global batch ``block``.
+
+    A full block gives every slot ``size`` consecutive rows. The epoch's last, shorter block is
+    split as evenly as possible (one slot on one process: the whole block, as before); a slot
+    left empty (fewer rows than slots) repeats one row so that no rank skips the collective step.
+    """
+    if len(block) == slots * size:
+        return block[slot * size:(slot + 1) * size]
+    start, stop = shard_bounds(len(block), slot, slots)
+    return block[start:stop] or [block[slot % len(block)]]
 
 
 def setup_trainable(model, method: Method) -> int:
@@ -109,22 +150,35 @@ def _param_order(params: Dict[str, torch.nn.Parameter]) -> list:
 
 def save_resume(model, optimizer, names, run_dir: Path, step: int, meta: dict,
                 method_modules: Dict[str, torch.nn.Module]) -> None:
-    tensors = {**rs.optimizer_tensors(optimizer, names), **rs.rng_tensors()}
+    """Write ``run_dir/resume`` (atomic). Under a launcher every rank calls it (their RNG states
+    are gathered) and rank 0 writes; ``meta["scale"]`` is kept to check a later resume."""
+    rngs = gather_to_main(rs.rng_tensors())
+    if rngs is None:  # not rank 0
+        return
+    tensors = {**rs.optimizer_tensors(optimizer, names), **rs.ranks_rng_tensors(rngs)}
     if meta["method"]["name"] == "pretrain":
         tensors.update({f"__model__::{k}": v.detach().clone() for k, v in
                         model.state_dict().items()})
     for name, mod in method_modules.items():
         tensors.update({f"__method__::{name}.{k}": v.detach().clone() for k, v in mod.state_dict().items()})
+    scale = {k: meta["scale"][k] for k in ("world_size", "global_batch")} if "scale" in meta else {}
     save_tuned(model, run_dir / "resume", {**meta, "step": step},
-               optimizer_state=(tensors, {"step": step}))
+               optimizer_state=(tensors, {"step": step, **scale}))
 
 
-def try_resume(model, optimizer, names, run_dir: Path, method_modules: Dict[str, torch.nn.Module]) -> int:
-    """Load ``run_dir/resume`` if present; return the step to continue from (0 = fresh)."""
+def try_resume(model, optimizer, names, run_dir: Path, method_modules: Dict[str, torch.nn.Module],
+               global_batch: Optional[int] = None, rank: int = 0) -> int:
+    """Load ``run_dir/resume`` if present; return the step to continue from (0 = fresh).
+
+    Every rank loads the same files (a folder all ranks can read) and restores its own RNG.
+    Raises CheckpointError when the state was saved with another global batch (the data order
+    of the remaining steps would differ).
+    """
     folder = run_dir / "resume"
     if not (folder / TRAINER_STATE).exists():
         return 0
     state = json.loads((folder / TRAINER_STATE).read_text())
+    _check_global_batch(state, global_batch, folder)
     tensors, rng = rs.split_rng(load_file(str(folder / OPTIM_WEIGHTS)))
     full = {k.split("::", 1)[1]: v for k, v in tensors.items() if k.startswith("__model__::")}
     if full:
@@ -136,34 +190,43 @@ def try_resume(model, optimizer, names, run_dir: Path, method_modules: Dict[str,
         mod.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
     rs.load_optimizer_tensors(optimizer, names, {k: v for k, v in tensors.items()
                                                  if not k.startswith(("__model__::", "__method__::"))})
-    rs.restore_rng(rng)
+    rs.restore_rng(rng, rank)
     return int(state["step"])
 
 
+def _check_global_batch(state: dict, global_batch: Optional[int], folder: Path) -> None:
+    saved = state.get("global_batch")
+    if saved is None or global_batch is None or saved == global_batch:
+        return
+    raise CheckpointError(
+        f"{folder} was saved by a run with a global batch of {saved} (batch size x "
+        f"{state.get('world_size')} process(es) x grad accumulation); this run has {global_batch}, "
+        f"so its remaining steps would read other samples. Rerun with the same global batch "
+        f"(--batch-size / --grad-accum / number of processes) or pass --no-resume to start over")
+
+
 def train_step(model, method: Method, optimizer, params: Dict[str, torch.nn.Parameter],
-               data: TrainData, cfg: TrainConfig, step: int, total: int):
-    """One optimizer step on batch ``step`` (also timed alone by benchmarks/bench_cost.py).
+               data: TrainData, cfg: TrainConfig, step: int, total: int,
+               runtime: Optional[Runtime] = None):
+    """One optimizer step on global batch ``step`` (also timed alone by benchmarks/bench_cost.py,
+    which gives no ``runtime``: the plain one-process PyTorch step).
 
     Returns:
-        (loss scalar tensor, logs dict, the Batch).
+        (loss scalar tensor, logs dict, the Batch) of this rank's first micro-batch.
     """
-    batch = data.batch(step)
-    for group in optimizer.param_groups:
-        group["lr"] = cfg.lr * cosine_with_warmup(step, total, cfg.warmup_ratio)
-    loss, logs = method.loss(model, batch, torch_generator(derive_seed(cfg.seed, "step", step)))
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if cfg.grad_clip:
-        torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.grad_clip)
-    optimizer.step()
-    return loss, logs, batch
+    runtime = runtime or Runtime(model, method, optimizer, params, cfg)
+    lr = cfg.lr * cosine_with_warmup(step, total, cfg.warmup_ratio)
+    return runtime.step(data, step, lr)[0]
 
 
 def train(model, dataset: InstructionSet, cfg: TrainConfig, run_dir: str | Path,
-          base_info: Optional[dict] = None, progress: bool = True, resume: bool = True) -> dict:
+          base_info: Optional[dict] = None, progress: bool = True, resume: bool = True,
+          device: str = "auto") -> dict:
     """Tune ``model`` on ``dataset`` with ``cfg.method``; write checkpoints and logs to run_dir.
 
-    Returns the summary also written to ``run_dir/train.json``.
+    ``device``: auto | cpu | cuda (``robustit.distributed.check_device``). Under a launcher every
+    rank calls this with the same arguments. Returns the summary that rank 0 also writes to
+    ``run_dir/train.json``.
     """
     from torch.utils.tensorboard import SummaryWriter
 
@@ -171,7 +234,10 @@ def train(model, dataset: InstructionSet, cfg: TrainConfig, run_dir: str | Path,
     run_dir = Path(run_dir)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    accelerator = make_accelerator(cfg, device)  # joins the launcher's process group, if any
+    main = accelerator.is_main_process
     seed_everything(derive_seed(cfg.seed, "global"))
+    model.to(accelerator.device)
     method: Method = METHODS.get(cfg.method)(cfg.method_params)
     n_trainable = setup_trainable(model, method)
     method.setup(model)
@@ -179,31 +245,40 @@ def train(model, dataset: InstructionSet, cfg: TrainConfig, run_dir: str | Path,
     params.update({f"__method__.{name}.{n}": p for name, mod in method.extra_modules().items()
                    for n, p in mod.named_parameters()})
     names = _param_order(params)
-    data = TrainData(model, dataset, cfg, method, progress)
+    data = TrainData(model, dataset, cfg, method, progress and main, accelerator.process_index,
+                     accelerator.num_processes)
     optimizer = build_optimizer(params, cfg)
+    data.runtime = runtime = Runtime(model, method, optimizer, params, cfg, accelerator)
     total = data.total_steps()
     meta = {"method": method.describe(), "train_config": config_to_dict(cfg), "base": base_info or {},
             "data": {"name": dataset.name, "n_samples": len(dataset), "source": dataset.meta.get("source"),
                      "location": dataset.meta.get("location")},
-            "trainable_parameters": n_trainable, "trainable_parts": list(model.spec.trainable_parts())}
-    start = try_resume(model, optimizer, names, run_dir, method.extra_modules()) if resume else 0
+            "trainable_parameters": n_trainable, "trainable_parts": list(model.spec.trainable_parts()),
+            "scale": runtime.describe(data)}
+    _seed_rank(cfg, runtime.rank)
+    start = try_resume(model, optimizer, names, run_dir, method.extra_modules(), data.global_batch,
+                       runtime.rank) if resume else 0
 
     # -- loop ---------------------------------------------------------------------------------
-    writer = SummaryWriter(str(run_dir / "logs"), purge_step=start)
+    writer = SummaryWriter(str(run_dir / "logs"), purge_step=start) if main else None
     log_path = run_dir / "logs" / "loss.jsonl"
-    model.train()
+    runtime.module.train()
     t0, seen = time.perf_counter(), 0
-    bar = tqdm(range(start, total), desc=f"{cfg.method} tuning", disable=not progress,
+    bar = tqdm(range(start, total), desc=f"{cfg.method} tuning", disable=not (progress and main),
                initial=start, total=total)
     for step in bar:
-        loss, logs, batch = train_step(model, method, optimizer, params, data, cfg, step, total)
-        seen += len(batch.samples)
+        lr = cfg.lr * cosine_with_warmup(step, total, cfg.warmup_ratio)
+        results = runtime.step(data, step, lr)
+        seen += data.step_size(step)
         if step % cfg.log_every == 0 or step == total - 1:
-            _log(writer, log_path, step, {**logs, "loss": loss.item(), "lr": optimizer.param_groups[0]["lr"]})
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            logs = runtime.mean_logs(results)  # under a launcher a collective: every rank calls it
+            if main:
+                _log(writer, log_path, step, {**logs, "lr": lr})
+                bar.set_postfix(loss=f"{logs['loss']:.3f}")
         if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
             save_resume(model, optimizer, names, run_dir, step + 1, meta, method.extra_modules())
-    writer.close()
+    if writer is not None:
+        writer.close()
 
     # -- finish -------------------------------------------------------------------------------
     finished = method.finish(model, data, optimizer, cfg)  # e.g. Fine-Pruning's mask + re-tune
@@ -215,10 +290,19 @@ def train(model, dataset: InstructionSet, cfg: TrainConfig, run_dir: str | Path,
                "samples_per_second": round(seen / wall, 2) if wall > 0 else None,
                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                "provenance": provenance()}
-    if not method.full_model:
-        save_tuned(model, run_dir / "checkpoint", {**meta, "step": total})
-    atomic_write_json(run_dir / "train.json", summary)
+    if main:
+        if not method.full_model:
+            save_tuned(model, run_dir / "checkpoint", {**meta, "step": total})
+        atomic_write_json(run_dir / "train.json", summary)
+    accelerator.wait_for_everyone()  # no rank returns before the run folder is complete
     return summary
+
+
+def _seed_rank(cfg: TrainConfig, rank: int) -> None:
+    """Ranks > 0 reseed the global RNG after the identical set-up so that each draws its own
+    dropout masks; rank 0 keeps the one-process stream (a resume then restores each rank's)."""
+    if rank > 0:
+        torch.manual_seed(derive_seed(cfg.seed, "global", "rank", rank))
 
 
 def _log(writer, path: Path, step: int, values: Dict[str, float]) -> None:

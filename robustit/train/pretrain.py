@@ -16,6 +16,7 @@ import torch
 
 from ..config import config_to_dict
 from ..data.records import InstructionSet
+from ..distributed import is_main_process
 from ..models.checkpoint import save_base
 from ..models.embedded import EmbeddedConfig, EmbeddedFlamingo
 from ..models.tokenizer import train_tokenizer
@@ -52,6 +53,8 @@ def pretrain(pretrain_set: InstructionSet, text_sets: List[InstructionSet], out:
     t0 = time.perf_counter()
     summary = train(model, pretrain_set, cfg, run_dir, progress=progress, resume=resume)
     wall = time.perf_counter() - t0
+    if not is_main_process():  # under a launcher rank 0 writes the base folder
+        return {**summary, "wall_seconds_total": round(wall, 1)}
     save_base(model, out, extra={"pretraining": {
         "command": " ".join(["robustit", *sys.argv[1:]]) if sys.argv else None,
         "data": pretrain_set.meta.get("source", pretrain_set.name),

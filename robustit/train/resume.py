@@ -29,8 +29,21 @@ def load_optimizer_tensors(optimizer: torch.optim.Optimizer, names: List[str],
 
 
 def rng_tensors() -> Dict[str, torch.Tensor]:
-    """The global torch RNG (dropout draws from it) so a resumed run continues identically."""
-    return {"__rng__::torch": torch.get_rng_state()}
+    """The global torch RNG (dropout draws from it; on a GPU the CUDA one too) so a resumed run
+    continues identically."""
+    out = {"__rng__::torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["__rng__::cuda"] = torch.cuda.get_rng_state()
+    return out
+
+
+def ranks_rng_tensors(per_rank: List[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
+    """Merge every rank's :func:`rng_tensors` into one mapping: rank 0 keeps the one-process keys,
+    rank r > 0 gets ``::rank{r}`` appended (each rank draws its own dropout masks)."""
+    out = {}
+    for r, states in enumerate(per_rank):
+        out.update({(k if r == 0 else f"{k}::rank{r}"): v for k, v in states.items()})
+    return out
 
 
 def split_rng(tensors: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
@@ -38,6 +51,10 @@ def split_rng(tensors: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor]
     return {k: v for k, v in tensors.items() if k not in rng}, rng
 
 
-def restore_rng(rng: Dict[str, torch.Tensor]) -> None:
-    if "__rng__::torch" in rng:
-        torch.set_rng_state(rng["__rng__::torch"])
+def restore_rng(rng: Dict[str, torch.Tensor], rank: int = 0) -> None:
+    """Restore this rank's saved RNG states; a rank the run did not have keeps its fresh seed."""
+    suffix = "" if rank == 0 else f"::rank{rank}"
+    if f"__rng__::torch{suffix}" in rng:
+        torch.set_rng_state(rng[f"__rng__::torch{suffix}"])
+    if f"__rng__::cuda{suffix}" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng[f"__rng__::cuda{suffix}"])
