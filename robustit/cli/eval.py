@@ -51,6 +51,10 @@ def register(sub) -> None:
     p.add_argument("--cache", default=None, metavar="DIR",
                    help="cache for learned triggers (default: $ROBUSTIT_CACHE/attacks or ~/.cache/robustit/attacks)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto: this process's GPU when CUDA is visible, else the CPU (default). "
+                        "Under torchrun / accelerate launch each process generates its block of "
+                        "the samples and rank 0 scores and writes OUT")
     add_inference_defense_args(p)
     add_threads_arg(p)
     p.set_defaults(func=run)
@@ -72,22 +76,26 @@ def check_writable(path: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..eval.evaluate import DEFAULT_TARGET, EvalConfig, evaluate
     from ..eval.generation import DecodingConfig
+    from ..distributed import init_eval_process, is_main_process
     from ..io import atomic_write_json, atomic_write_text
     from ..models.factory import load_model
     from .common import data_options, inference_defenses, open_split, parse_params, set_threads, tuned_folder
 
     inference_defenses(args)  # a bad blacklist or share fails before anything is loaded
-    check_writable(args.out)
+    device = init_eval_process(args.device)  # joins the launcher's process group, if any
+    if is_main_process():  # only rank 0 writes
+        check_writable(args.out)
     set_threads(args.threads)
     dataset = open_split(args.data, args.split, **data_options(args))
     if args.n:
         dataset.samples = dataset.samples[: args.n]
     model, info, tuned_meta = load_model(args.model, tuned_folder(args.tuned))
+    model.to(device)
     specs, target = _attacks(args, parse_params(args.param))
     attacks = [a for a, _ in specs]
     support = open_split(args.data, args.support, **{**data_options(args), "limit": None}) if (args.shots or attacks) else None
     if specs:
-        _prepare(specs, support, args)
+        _prepare_once(specs, support, args)
     cfg = EvalConfig(decoding=DecodingConfig(max_new_tokens=args.max_new_tokens, num_beams=args.beams,
                                              batch_size=args.batch_size, shots=args.shots, seed=args.seed),
                      target=args.target or target or DEFAULT_TARGET, matcher=args.matcher,
@@ -97,8 +105,10 @@ def run(args: argparse.Namespace) -> int:
                      prompt_filter=args.prompt_filter, magnitude_prune=args.magnitude_prune)
     identity = {"base": info.to_dict(), "tuned": tuned_folder(args.tuned),
                 "tuned_method": tuned_meta.get("method")}
-    result, rows = evaluate(model, dataset, cfg, attacks, support, progress=not args.quiet,
-                            identity=identity)
+    result, rows = evaluate(model, dataset, cfg, attacks, support,
+                            progress=not args.quiet and is_main_process(), identity=identity)
+    if result is None:  # a rank > 0: rank 0 scores and writes
+        return 0
     gen_path = str(Path(args.out).with_suffix("")) + ".generations.jsonl"
     atomic_write_text(gen_path, "".join(json.dumps(r) + "\n" for r in rows))
     atomic_write_json(args.out, {**result, "generations": gen_path})
@@ -132,6 +142,18 @@ def _read_manifest(path: str) -> dict:
         raise ConfigError(f"--manifest {path}: not a readable poisoning manifest ({type(exc).__name__}); "
                           f"give the manifest.json written by `robustit poison`") from None
     return man
+
+
+def _prepare_once(specs, support, args) -> None:
+    """Under a launcher rank 0 prepares (and caches) learned triggers before the other ranks,
+    which then read them from the cache instead of optimising them concurrently."""
+    from ..distributed import barrier, is_main_process
+
+    if not is_main_process():
+        barrier()
+    _prepare(specs, support, args)
+    if is_main_process():
+        barrier()
 
 
 def _prepare(specs, support, args) -> None:

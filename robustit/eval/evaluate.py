@@ -184,7 +184,8 @@ def _attack_asr(attack, cfg, matcher, sets) -> dict:
     for half in cfg.halves:
         name = f"{attack.name}/{half}"
         # None: this reading of the attack has no text trigger
-        out[half] = attack_success_rate([g["output"] for g in sets[name]], matcher).to_dict() if name in sets else None
+        out[half] = (attack_success_rate([g["output"] for g in sets[name]], matcher).to_dict()
+                     if name in sets else None)
     return out
 
 

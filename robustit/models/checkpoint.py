@@ -103,23 +103,30 @@ def _is_tied_alias(model: torch.nn.Module, name: str, state: dict) -> bool:
 
 
 # -- tuned checkpoints ----------------------------------------------------------------------------
-def tuned_state(model: LVLM) -> Dict[str, torch.Tensor]:
-    """The tuned parts (adapter + embeddings) and channel-mask buffers."""
-    state = {n: p.detach().contiguous().clone() for n, p in
-             {**model.part_parameters("adapter"), **model.part_parameters("embeddings")}.items()}
-    for name, t in model.channel_masks.state_dict().items():
-        state[f"channel_masks.{name}"] = t.detach().contiguous().clone()
-    return state
+def tuned_state(model: LVLM, source: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
+    """The tuned parts (adapter + embeddings) and channel-mask buffers.
+
+    ``source``: a full state dict of ``model`` to take the values from (a sharded run gathers one,
+    its parameters being shards); None reads the model's own tensors.
+    """
+    own = {**model.part_parameters("adapter"), **model.part_parameters("embeddings"),
+           **{f"channel_masks.{n}": t for n, t in model.channel_masks.state_dict().items()}}
+    source = own if source is None else source
+    return {n: source[n].detach().contiguous().clone() for n in own}
 
 
 def save_tuned(model: LVLM, folder: str | Path, meta: dict,
-               optimizer_state: Optional[Tuple[Dict[str, torch.Tensor], dict]] = None) -> Path:
-    """Write a tuned checkpoint folder atomically (weights, metadata, optional optimizer state)."""
+               optimizer_state: Optional[Tuple[Dict[str, torch.Tensor], dict]] = None,
+               state: Optional[Dict[str, torch.Tensor]] = None) -> Path:
+    """Write a tuned checkpoint folder atomically (weights, metadata, optional optimizer state).
+
+    ``state``: the model's full state dict when its own parameters are shards (see tuned_state).
+    """
     folder = Path(folder)
     masks = {hp: describe_mask(m) for hp, m in model.channel_masks.items()}
     with atomic_path(folder) as tmp:
         tmp.mkdir(parents=True)
-        save_file(tuned_state(model), str(tmp / TUNED_WEIGHTS))
+        save_file(tuned_state(model, state), str(tmp / TUNED_WEIGHTS))
         full = {**meta, "channel_masks": masks, "provenance": provenance()}
         (tmp / TUNED_META).write_text(json.dumps(full, indent=2, default=str) + "\n")
         if optimizer_state is not None:

@@ -24,6 +24,7 @@ import json
 import math
 import resource
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -34,7 +35,7 @@ from tqdm.auto import tqdm
 from ..config import config_to_dict
 from ..data.records import InstructionSet
 from ..distributed import gather_to_main, shard_bounds
-from ..errors import CheckpointError, DataError
+from ..errors import CheckpointError, ConfigError, DataError
 from ..io import atomic_write_json, provenance
 from ..models.checkpoint import (OPTIM_WEIGHTS, TRAINER_STATE, load_tuned, save_tuned)
 from ..seeding import derive_seed, seed_everything, torch_generator
@@ -42,7 +43,7 @@ from . import resume as rs
 from .batching import Batch, FeatureCache, ImageStore, encode_pairs
 from .config import TrainConfig
 from .methods import METHODS, Method
-from .runtime import Runtime, make_accelerator
+from .runtime import Runtime, make_accelerator, shards_parameters
 from .schedule import cosine_with_warmup
 
 
@@ -237,8 +238,8 @@ def train(model, dataset: InstructionSet, cfg: TrainConfig, run_dir: str | Path,
     accelerator = make_accelerator(cfg, device)  # joins the launcher's process group, if any
     main = accelerator.is_main_process
     seed_everything(derive_seed(cfg.seed, "global"))
-    model.to(accelerator.device)
     method: Method = METHODS.get(cfg.method)(cfg.method_params)
+    cfg = _place(model, cfg, accelerator, method)
     n_trainable = setup_trainable(model, method)
     method.setup(model)
     params = trainable_named(model)
@@ -256,8 +257,10 @@ def train(model, dataset: InstructionSet, cfg: TrainConfig, run_dir: str | Path,
             "trainable_parameters": n_trainable, "trainable_parts": list(model.spec.trainable_parts()),
             "scale": runtime.describe(data)}
     _seed_rank(cfg, runtime.rank)
+    if runtime.sharded:
+        _check_no_sharded_resume(run_dir, resume, main, cfg)
     start = try_resume(model, optimizer, names, run_dir, method.extra_modules(), data.global_batch,
-                       runtime.rank) if resume else 0
+                       runtime.rank) if resume and not runtime.sharded else 0
 
     # -- loop ---------------------------------------------------------------------------------
     writer = SummaryWriter(str(run_dir / "logs"), purge_step=start) if main else None
@@ -275,7 +278,7 @@ def train(model, dataset: InstructionSet, cfg: TrainConfig, run_dir: str | Path,
             if main:
                 _log(writer, log_path, step, {**logs, "lr": lr})
                 bar.set_postfix(loss=f"{logs['loss']:.3f}")
-        if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
+        if cfg.save_every and not runtime.sharded and (step + 1) % cfg.save_every == 0 and step + 1 < total:
             save_resume(model, optimizer, names, run_dir, step + 1, meta, method.extra_modules())
     if writer is not None:
         writer.close()
@@ -290,12 +293,42 @@ def train(model, dataset: InstructionSet, cfg: TrainConfig, run_dir: str | Path,
                "samples_per_second": round(seen / wall, 2) if wall > 0 else None,
                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                "provenance": provenance()}
+    full_state = runtime.full_model_state()  # sharded runs gather the weights (every rank calls)
     if main:
         if not method.full_model:
-            save_tuned(model, run_dir / "checkpoint", {**meta, "step": total})
+            save_tuned(model, run_dir / "checkpoint", {**meta, "step": total}, state=full_state)
         atomic_write_json(run_dir / "train.json", summary)
     accelerator.wait_for_everyone()  # no rank returns before the run folder is complete
     return summary
+
+
+def _place(model, cfg: TrainConfig, accelerator, method: Method) -> TrainConfig:
+    """Move the model to this rank's device; the cfg to train with.
+
+    Under FSDP accelerate places and shards the weights itself in ``prepare``, and the frozen
+    feature cache is turned off: it would run the encoder outside the wrapped forward, where its
+    weights are shards (NOT RUN here, see runtime.py). For the same reason methods with a
+    ``finish`` step (Fine-Pruning) and full-model runs (their base folder is written from the
+    model's own weights) are refused.
+    """
+    if not shards_parameters(accelerator):
+        model.to(accelerator.device)
+        return cfg
+    if method.full_model or type(method).finish is not Method.finish:
+        raise ConfigError(f"--method {method.name} is not supported under FSDP (it uses the model "
+                          f"outside the wrapped training step); use DDP (ddp-8gpu.yaml) or ZeRO-2")
+    return replace(cfg, cache_vision=False)
+
+
+def _check_no_sharded_resume(run_dir: Path, resume: bool, main: bool, cfg: TrainConfig) -> None:
+    """FSDP / DeepSpeed runs neither write nor read RUN/resume (their optimizer state is sharded
+    and the resume format holds whole tensors); an existing one is refused, not ignored."""
+    if resume and (run_dir / "resume" / TRAINER_STATE).exists():
+        raise CheckpointError(f"{run_dir / 'resume'} exists, but resuming is not supported under "
+                              f"FSDP / DeepSpeed; run without them to resume it, or pass --no-resume")
+    if main and cfg.save_every:
+        print("note: no resume states under FSDP / DeepSpeed (--save-every is ignored); the final "
+              "checkpoint is written", flush=True)
 
 
 def _seed_rank(cfg: TrainConfig, rank: int) -> None:

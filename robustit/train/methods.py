@@ -53,7 +53,9 @@ class Method:
 
         Args:
             model: the tuned model (in training mode).
-            data: the loop's ``TrainData`` (``dataset``, ``store``, ``batch(step)``, ``total_steps()``).
+            data: the loop's ``TrainData`` (``dataset``, ``store``, ``batch(step)``, ``total_steps()``,
+                ``runtime``: further optimizer steps go through ``data.runtime.step`` so that
+                they are all-reduced under a launcher).
             optimizer: the run's optimizer (its state continues if the method trains further).
             cfg: the run's ``TrainConfig``.
 
