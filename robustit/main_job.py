@@ -40,7 +40,38 @@ def run(args: argparse.Namespace) -> int:
     rc = cli(["bench", "--spec", args.spec, "--out", str(out), "--world", str(work / "world"), *extra])
     if rc != 0:
         return rc
-    return cli(["report", "--results", str(out), "--out", str(out / "report")])
+    activations = activation_picture(args.spec, out, work / "world")
+    return cli(["report", "--results", str(out), "--out", str(out / "report"),
+                *(["--activations", str(activations)] if activations else [])])
+
+
+def activation_picture(spec_name: str, out: Path, world: Path) -> Path | None:
+    """`robustit activations` for the clean VanillaIT run and the first attack's VanillaIT and
+    RobustIT runs (the paper's Figure 9); None when the grid has no such runs."""
+    from .bench.spec import load_spec, poison_id, run_id
+
+    spec = load_spec(spec_name)
+    seed = spec.seeds[0]
+    attack = next((a for a in spec.attacks if a != "none"), None)
+    if attack is None or "none" not in spec.attacks:
+        return None
+    poisoned = {"attack": attack, "rate": float(spec.rates[0]), "text_trigger_mode": spec.text_trigger_modes[0],
+                "seed": seed}
+    runs = [("clean, VanillaIT", {"attack": "none", "rate": 0.0, "text_trigger_mode": "paper", "seed": seed,
+                                  "method": "vanilla", "params": {}}),
+            (f"{attack}, VanillaIT", {**poisoned, "method": "vanilla", "params": {}}),
+            (f"{attack}, RobustIT", {**poisoned, "method": "robustit", "params": {"components": "both"}})]
+    found = [(label, out / "work" / "runs" / run_id(key)) for label, key in runs]
+    found = [(label, path) for label, path in found if (path / "checkpoint").is_dir()]
+    if len(found) < 2:
+        return None
+    target = out / "activations.json"
+    manifest = out / "work" / "poisoned" / f"{poison_id(poisoned)}-s{seed}" / "manifest.json"
+    argv = ["activations", "--model", spec.model, "--data", str(spec.data or world), "--split",
+            spec.test_sets[0], "--manifest", str(manifest), "--out", str(target), "--threads", "1"]
+    for label, path in found:
+        argv += ["--tuned", str(path), "--label", label]
+    return target if target.exists() or cli(argv) == 0 else None
 
 
 def main(argv: List[str] | None = None) -> int:
