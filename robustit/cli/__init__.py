@@ -15,7 +15,8 @@ from typing import List, Optional
 from ..errors import RobustITError
 
 #: verb -> module under robustit.cli
-VERBS = ["data", "pretrain", "train", "generate", "poison", "eval", "bench", "report", "activations"]
+VERBS = ["data", "pretrain", "train", "generate", "poison", "eval", "bench", "report", "activations",
+         "compose"]
 
 
 def build_parser() -> argparse.ArgumentParser:

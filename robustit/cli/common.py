@@ -96,8 +96,9 @@ def add_model_args(p: argparse.ArgumentParser, tuned: bool = True) -> None:
     p.add_argument("--model", default="embedded", metavar="BASE",
                    help="base model: 'embedded' (the shipped default), a robustit base folder, or a "
                         "local Hugging Face LLaVA / BLIP-2 / IDEFICS folder (config.json + "
-                        "*.safetensors + tokenizer + preprocessor_config.json) or a Hub name already "
-                        "in the local cache; nothing is downloaded (docs/models.md)")
+                        "*.safetensors + tokenizer + preprocessor_config.json), a `robustit compose` "
+                        "folder, or a Hub name already in the local cache; nothing is downloaded "
+                        "(docs/models.md)")
     if tuned:
         p.add_argument("--tuned", default=None, metavar="CKPT",
                        help="a tuned checkpoint folder (a run folder or its checkpoint/) to load on "

@@ -19,6 +19,7 @@ from typing import Iterator, List, Optional, Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from transformers import CLIPVisionConfig, CLIPVisionModel, GPT2Config, GPT2LMHeadModel
 
 from ..config import check_range
@@ -58,17 +59,34 @@ class EmbeddedConfig:
     #: starting value of the tanh gates. 0 (Flamingo) protects a pretrained LM; the embedded
     #: model trains its LM from scratch, where zero gates never open (see GatedCrossAttentionBlock).
     xattn_gate_init: float = 1.0
+    #: LM layer of the first cross-attention block (``xattn_every - 1``: OpenFlamingo's placement).
+    xattn_first: int = 0
+    #: feed the adapter the patch tokens only (OpenFlamingo drops CLIP's CLS token).
+    vision_drop_cls: bool = False
 
     def __post_init__(self) -> None:
-        if self.lm_family not in ("gpt2", "llama"):
-            raise ConfigError(f"`lm_family` must be 'gpt2' or 'llama'; got {self.lm_family!r}")
+        if self.lm_family not in LM_FAMILIES:
+            raise ConfigError(f"`lm_family` must be one of {sorted(LM_FAMILIES)}; got {self.lm_family!r}")
         if self.image_size % self.patch_size:
             raise ConfigError(f"`image_size` ({self.image_size}) must be a multiple of "
                               f"`patch_size` ({self.patch_size})")
         check_range("xattn_every", self.xattn_every, 1, self.lm_layers)
+        check_range("xattn_first", self.xattn_first, 0, self.xattn_every - 1)
+
+
+#: lm_family -> (decoder blocks, input embeddings) module paths inside the HF causal LM.
+LM_FAMILIES = {"gpt2": ("transformer.h", "transformer.wte"),
+               "llama": ("model.layers", "model.embed_tokens"),
+               "mpt": ("transformer.blocks", "transformer.wte")}
+#: fields added after base models were shipped: left out of ``identity()`` at their default, so
+#: tuned checkpoints of older bases still load.
+LATER_FIELDS = {"xattn_first": 0, "vision_drop_cls": False}
 
 
 def _build_lm(cfg: EmbeddedConfig, pad_id: int, eos_id: int) -> nn.Module:
+    if cfg.lm_family not in ("gpt2", "llama"):
+        raise ConfigError(f"a random-init embedded LM is GPT-2 or LLaMA; {cfg.lm_family!r} comes "
+                          f"from a pretrained folder (`robustit compose --lm DIR`)")
     common = dict(vocab_size=cfg.vocab_size, pad_token_id=pad_id, eos_token_id=eos_id,
                   bos_token_id=eos_id, tie_word_embeddings=True)
     if cfg.lm_family == "gpt2":
@@ -83,13 +101,10 @@ def _build_lm(cfg: EmbeddedConfig, pad_id: int, eos_id: int) -> nn.Module:
                                         max_position_embeddings=cfg.max_positions, **common))
 
 
-def _family_spec(cfg: EmbeddedConfig) -> FamilySpec:
-    if cfg.lm_family == "gpt2":
-        lm_blocks, emb = "language_model.transformer.h", "language_model.transformer.wte"
-    else:
-        lm_blocks, emb = "language_model.model.layers", "language_model.model.embed_tokens"
+def _family_spec(cfg: EmbeddedConfig, name: Optional[str] = None) -> FamilySpec:
+    lm_blocks, emb = (f"language_model.{p}" for p in LM_FAMILIES[cfg.lm_family])
     return FamilySpec(
-        name=f"embedded-flamingo-{cfg.lm_family}",
+        name=name or f"embedded-flamingo-{cfg.lm_family}",
         vision_encoder=("vision_encoder",),
         adapter=("adapter",),
         language_model=("language_model",),
@@ -99,41 +114,59 @@ def _family_spec(cfg: EmbeddedConfig) -> FamilySpec:
 
 
 class EmbeddedFlamingo(LVLM):
-    """The embedded Flamingo-style LVLM. See the module docstring for the data flow."""
+    """The embedded Flamingo-style LVLM. See the module docstring for the data flow.
 
-    def __init__(self, cfg: EmbeddedConfig, tokenizer) -> None:
+    ``vision_encoder`` (an HF ``CLIPVisionModel``) and ``language_model`` (an HF causal LM of
+    ``cfg.lm_family``, embeddings already sized to the tokenizer) may be given pretrained (the
+    ``flamingo-compose`` family, ``compose.py``); otherwise both are built with random weights
+    from ``cfg``. ``family`` names the family in the spec (default ``embedded-flamingo-<lm>``).
+    """
+
+    def __init__(self, cfg: EmbeddedConfig, tokenizer, vision_encoder: Optional[nn.Module] = None,
+                 language_model: Optional[nn.Module] = None, family: Optional[str] = None) -> None:
         super().__init__()
         self.config = cfg
         self.tokenizer = tokenizer
-        self.spec, self._lm_blocks_path = _family_spec(cfg)
+        self.spec, self._lm_blocks_path = _family_spec(cfg, family)
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         self.answer_token_id = tokenizer.convert_tokens_to_ids(ANSWER_TOKEN)
-        self.vision_encoder = CLIPVisionModel(CLIPVisionConfig(
+        self.vision_encoder = vision_encoder if vision_encoder is not None else CLIPVisionModel(CLIPVisionConfig(
             hidden_size=cfg.vision_width, intermediate_size=cfg.vision_width * 4,
             num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.vision_heads,
             image_size=cfg.image_size, patch_size=cfg.patch_size))
         # Identity whose output is the adapter's input: the AAR "vision" hook point.
         self.vision_proj = nn.Identity()
-        self.language_model = _build_lm(cfg, tokenizer.pad_token_id, tokenizer.eos_token_id)
+        self.language_model = language_model if language_model is not None else \
+            _build_lm(cfg, tokenizer.pad_token_id, tokenizer.eos_token_id)
         self.adapter = FlamingoAdapter(
             cfg.vision_width, cfg.lm_width, cfg.lm_layers, perceiver_depth=cfg.perceiver_depth,
             num_latents=cfg.num_latents, heads=cfg.perceiver_heads, dim_head=cfg.perceiver_dim_head,
             xattn_heads=cfg.xattn_heads, xattn_dim_head=cfg.xattn_dim_head,
-            xattn_every=cfg.xattn_every, ff_mult=cfg.ff_mult, gate_init=cfg.xattn_gate_init)
+            xattn_every=cfg.xattn_every, ff_mult=cfg.ff_mult, gate_init=cfg.xattn_gate_init,
+            xattn_first=cfg.xattn_first)
         self.register_buffer("pixel_mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
 
     def identity(self) -> dict:
         from ..config import config_to_dict
 
-        return {"family": self.spec.name, "config": config_to_dict(self.config)}
+        config = {k: v for k, v in config_to_dict(self.config).items()
+                  if k not in LATER_FIELDS or v != LATER_FIELDS[k]}
+        return {"family": self.spec.name, "config": config}
 
     # -- vision and adapter -------------------------------------------------------------------
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, T, 3, H, W) in [0, 1] -> (B, T, P+1, Dv) frozen CLIP features."""
+        """(B, T, 3, H, W) in [0, 1] -> (B, T, P+1, Dv) frozen CLIP features (P without CLS when
+        ``vision_drop_cls``); other sizes are resized to ``image_size`` first."""
         b, t = images.shape[:2]
-        x = (images.flatten(0, 1) - self.pixel_mean) / self.pixel_std
+        x = images.flatten(0, 1)
+        size = self.config.image_size
+        if tuple(x.shape[-2:]) != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        x = (x - self.pixel_mean) / self.pixel_std
         feats = self.vision_encoder(pixel_values=x).last_hidden_state
+        if self.config.vision_drop_cls:
+            feats = feats[:, 1:]
         return feats.unflatten(0, (b, t))
 
     def adapt(self, vision_features: torch.Tensor) -> torch.Tensor:
@@ -219,7 +252,7 @@ class EmbeddedFlamingo(LVLM):
         tok = self.tokenizer
         tok.padding_side = "left"
         try:
-            enc = tok(list(prompts), return_tensors="pt", padding=True)
+            enc = tok(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
         finally:
             tok.padding_side = "right"
         enc = {k: v.to(self.device) for k, v in enc.items()}

@@ -53,8 +53,9 @@ def resolve_base_path(path: Optional[str]) -> Path:
     if cached is None:
         raise CheckpointError(f"--model {path}: no such folder (nor a Hugging Face Hub name in the "
                               f"local cache). Known: 'embedded' (the shipped default), a robustit base "
-                              f"folder, or a local LLaVA / BLIP-2 / IDEFICS folder (config.json + "
-                              f"*.safetensors + tokenizer); see docs/models.md")
+                              f"folder, a local LLaVA / BLIP-2 / IDEFICS folder (config.json + "
+                              f"*.safetensors + tokenizer), or a `robustit compose` folder; see "
+                              f"docs/models.md")
     return cached
 
 
@@ -80,6 +81,13 @@ def _load_embedded(folder: Path, meta: dict) -> LVLM:
     model = EmbeddedFlamingo(cfg, load_tokenizer(folder))
     load_base_weights(model, folder)
     return model
+
+
+@FAMILIES.register("flamingo-compose")
+def _load_composed(folder: Path, meta: dict) -> LVLM:
+    from .compose import load_composed
+
+    return load_composed(folder, meta)
 
 
 def _register_hf_families() -> None:
@@ -132,11 +140,19 @@ def base_fingerprint(folder: Path) -> str:
 def load_base(path: Optional[str] = None) -> tuple[LVLM, BaseInfo]:
     """Load a base model (weights included) and where it came from."""
     folder = resolve_base_path(path)
+    _refuse_bare_recipe(folder)
     meta = read_base_config(folder)
     family = detect_family(folder, meta)
     info = BaseInfo(str(folder), base_fingerprint(folder), family)
     model = FAMILIES.get(family)(folder, meta)
     return model.eval(), info
+
+
+def _refuse_bare_recipe(folder: Path) -> None:
+    """A folder holding only a ``robustit_compose.json`` recipe has not been composed yet."""
+    if (folder / "robustit_compose.json").is_file() and not (folder / "config.json").is_file():
+        raise CheckpointError(f"{folder} holds a composition recipe only; build the model first: "
+                              f"robustit compose --recipe {folder / 'robustit_compose.json'}")
 
 
 def load_model(base: Optional[str] = None, tuned: Optional[str] = None) -> tuple[LVLM, BaseInfo, dict]:

@@ -121,16 +121,17 @@ class GatedCrossAttentionBlock(nn.Module):
 
 
 class FlamingoAdapter(nn.Module):
-    """The trainable adapter H_psi: perceiver resampler + one cross-attention block per LM layer
-    listed in ``xattn_every`` spacing."""
+    """The trainable adapter H_psi: perceiver resampler + one cross-attention block before every
+    ``xattn_every``-th LM layer, the first before layer ``xattn_first`` (0: robustit's embedded
+    model; ``xattn_every - 1``: OpenFlamingo's placement, after every N-th layer)."""
 
     def __init__(self, media_dim: int, lm_dim: int, n_lm_layers: int, *, perceiver_depth: int,
                  num_latents: int, heads: int, dim_head: int, xattn_heads: int, xattn_dim_head: int,
-                 xattn_every: int, ff_mult: int, gate_init: float = 0.0) -> None:
+                 xattn_every: int, ff_mult: int, gate_init: float = 0.0, xattn_first: int = 0) -> None:
         super().__init__()
         self.perceiver = PerceiverResampler(media_dim, perceiver_depth, num_latents, heads, dim_head,
                                             ff_mult)
-        self.xattn_layer_ids = list(range(0, n_lm_layers, xattn_every))
+        self.xattn_layer_ids = list(range(xattn_first, n_lm_layers, xattn_every))
         self.xattn = nn.ModuleList(
             GatedCrossAttentionBlock(lm_dim, media_dim, xattn_heads, xattn_dim_head, ff_mult, gate_init)
             for _ in self.xattn_layer_ids)
