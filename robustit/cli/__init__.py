@@ -23,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="robustit",
         description="Backdoor-safe instruction tuning of vision-language models: build data, "
-                    "poison it, tune (VanillaIT / RobustIT), generate, evaluate.",
+                    "poison it, tune (VanillaIT / RobustIT / baselines), generate, evaluate, run "
+                    "benchmark grids and report them. `robustit VERB --help` explains each verb.",
     )
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     sub.required = True
