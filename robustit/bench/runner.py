@@ -169,7 +169,7 @@ class Bench:
                    ["poison", "--data", str(source), "--split", self.spec.train_split, "--attack",
                     key["attack"], "--rate", str(key["rate"]), "--seed", str(key["seed"]),
                     "--text-trigger-mode", key["text_trigger_mode"], "--model", self.spec.model,
-                    "--out", str(out)])
+                    "--out", str(out), *self._quiet()])
         return out, out / "manifest.json"
 
     def trained_run(self, key: Dict[str, Any], data: Path) -> Path:

@@ -168,6 +168,8 @@ def _prepare(specs, support, args) -> None:
         model = base if spec["victim"] else None
         ctx = attack_context(support, args.cache or default_cache_dir(), seed=spec["seed"], model=model,
                              model_id=optional_model_id(info) if model is not None else "none")
+        if getattr(args, "quiet", False) and hasattr(attack, "progress"):
+            attack.progress = False
         attack.prepare(ctx)
 
 

@@ -41,6 +41,8 @@ def register(subparsers) -> None:
                    help="skip input records with a missing/corrupt image or missing fields (default: "
                         "stop at the first one with an error)")
     add_format_args(p)
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bars while a learned trigger (SSBA, VL-Trojan, adaptive) is made")
     p.add_argument("--attack", help="attack name (badnet, blended, sig, ssba, ftrojan, trojvqa, vltrojan)")
     p.add_argument("--rate", type=float, help="fraction of eligible samples to poison, in (0, 1]; 0.01 = 1 %%")
     p.add_argument("--target", default=DEFAULT_TARGET, help="target response of poisoned samples "
@@ -162,6 +164,8 @@ def make_attack(args: argparse.Namespace, name: str, ctx, params: Optional[Dict[
     if args.text_trigger_mode:
         params["text_trigger_mode"] = args.text_trigger_mode
     attack = build_attack(name, params)
+    if getattr(args, "quiet", False) and hasattr(attack, "progress"):
+        attack.progress = False  # learned triggers (SSBA, VL-Trojan, adaptive) show bars otherwise
     attack.prepare(ctx)
     return attack
 
