@@ -266,6 +266,9 @@ def run_preview(args: argparse.Namespace) -> int:
         except ConfigError as exc:  # e.g. needs a victim model: show why instead of failing
             rows.append(PreviewRow(n, clean, error=str(exc)))
     draw_preview(rows, args.preview, amplify)
+    for row in rows:  # the visibility figures, also as text
+        if row.stats:
+            print(f"{row.name}: PSNR {row.stats['psnr']:.1f} dB, L-inf {row.stats['linf']:.0f}/255")
     print(f"preview of {len(rows)} attack(s) -> {args.preview}")
     return 0
 
