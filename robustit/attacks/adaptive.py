@@ -47,16 +47,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..config import check_range, config_to_dict
-from ..errors import CheckpointError, ConfigError
-from ..io import atomic_path
+from ..errors import ConfigError
 from ..seeding import derive_seed, torch_generator
 from . import functional as Fn
 from .badnet import BadNet, BadNetConfig
 from .base import ATTACKS, AttackContext
 from .poison import DEFAULT_TARGET
-from .trigger_optim import _index_batches, tensor_fingerprint
+from .trigger_optim import _index_batches, load_patch_cache, save_patch_cache, tensor_fingerprint
 
-PATCH_FILE = "patch.safetensors"
 META_FILE = "adaptive.json"
 
 
@@ -188,25 +186,10 @@ class AdaptiveBadNet(BadNet):
         return imgs[keep].detach().float(), [texts[i] for i in keep]
 
     def _save(self, folder: Path, patch: Tensor, meta: Dict[str, Any]) -> None:
-        from safetensors.torch import save_file
-
-        with atomic_path(folder) as tmp:
-            tmp.mkdir(parents=True)
-            save_file({"patch": patch.contiguous().float()}, str(tmp / PATCH_FILE))
-            (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        save_patch_cache(folder, patch, meta, META_FILE)
 
     def _load(self, folder: Path) -> None:
-        from safetensors.torch import load_file
-
-        try:
-            meta = json.loads((folder / META_FILE).read_text())
-            patch = load_file(str(folder / PATCH_FILE))["patch"]
-        except (OSError, ValueError, KeyError) as exc:
-            raise CheckpointError(f"{self.name} cache {folder} is missing or corrupt ({exc}); delete the "
-                                  f"folder to optimise again") from None
-        if patch.dim() != 3 or patch.shape[0] != 3 or not 0.0 <= float(patch.min()) <= float(patch.max()) <= 1.0:
-            raise CheckpointError(f"{self.name} cache {folder}: the patch must be (3, h, w) in [0, 1]; "
-                                  f"delete the folder to optimise again")
+        patch, meta = load_patch_cache(folder, META_FILE, self.name)
         self.patch, self.stats = patch, meta.get("stats", {})
 
     # -- triggers ---------------------------------------------------------------------------

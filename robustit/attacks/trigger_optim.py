@@ -22,12 +22,17 @@ code is imported; the frozen victim arrives as callables.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
-from typing import Callable, List, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from ..errors import CheckpointError
+from ..io import atomic_path
 
 from ..errors import ConfigError
 from . import functional as Fn
@@ -278,3 +283,34 @@ def tensor_fingerprint(images: Optional[Tensor]) -> str:
     h = hashlib.sha256(str(tuple(q.shape)).encode())
     h.update(q.numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+PATCH_FILE = "patch.safetensors"
+
+
+def save_patch_cache(folder: Path, patch: Tensor, meta: Dict[str, Any], meta_file: str) -> None:
+    """Write a learned patch (3, h, w) in [0, 1] and its JSON metadata as one folder, atomically."""
+    from safetensors.torch import save_file
+
+    with atomic_path(folder) as tmp:
+        tmp.mkdir(parents=True)
+        save_file({"patch": patch.contiguous().float()}, str(tmp / PATCH_FILE))
+        (tmp / meta_file).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+def load_patch_cache(folder: Path, meta_file: str, who: str) -> Tuple[Tensor, Dict[str, Any]]:
+    """(patch (3, h, w) in [0, 1], metadata) from a folder written by :func:`save_patch_cache`;
+    a missing, corrupt or malformed cache raises CheckpointError saying to delete it."""
+    from safetensors.torch import load_file
+
+    try:
+        meta = json.loads((folder / meta_file).read_text())
+        patch = load_file(str(folder / PATCH_FILE))["patch"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{who} cache {folder} is missing or corrupt ({exc}); delete the folder "
+                              f"to optimise again") from None
+    in_range = patch.numel() > 0 and 0.0 <= float(patch.min()) <= float(patch.max()) <= 1.0
+    if patch.dim() != 3 or patch.shape[0] != 3 or not in_range:
+        raise CheckpointError(f"{who} cache {folder}: the patch must be (3, h, w) in [0, 1]; delete the "
+                              f"folder to optimise again")
+    return patch, meta

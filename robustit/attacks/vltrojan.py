@@ -30,15 +30,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..config import check_range, config_to_dict
-from ..errors import CheckpointError, ConfigError
-from ..io import atomic_path
+from ..errors import ConfigError
 from ..seeding import derive_seed, torch_generator
 from .base import ATTACKS, Attack, AttackConfig, AttackContext
 from .trigger_optim import (FALLBACK_TEXT_TRIGGER, POSITIONS, beam_search_text_trigger,
                             isolate_cluster_loss, optimise_universal_patch, paste_patch,
-                            patch_side, pooled_features, tensor_fingerprint)
+                            load_patch_cache, patch_side, pooled_features, save_patch_cache,
+                            tensor_fingerprint)
 
-PATCH_FILE = "patch.safetensors"
 META_FILE = "vltrojan.json"
 
 #: generic instructions the text trigger is searched over (caption and VQA styles)
@@ -201,26 +200,10 @@ class VLTrojan(Attack):
                 "eval_objective": obj(patch), "eval_objective_noise_patch": obj(noise)}
 
     def _save(self, folder: Path, patch: Tensor, meta: Dict[str, Any]) -> None:
-        from safetensors.torch import save_file
-
-        with atomic_path(folder) as tmp:
-            tmp.mkdir(parents=True)
-            save_file({"patch": patch.contiguous().float()}, str(tmp / PATCH_FILE))
-            (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        save_patch_cache(folder, patch, meta, META_FILE)
 
     def _load(self, folder: Path) -> None:
-        from safetensors.torch import load_file
-
-        try:
-            meta = json.loads((folder / META_FILE).read_text())
-            patch = load_file(str(folder / PATCH_FILE))["patch"]
-        except (OSError, ValueError, KeyError) as exc:
-            raise CheckpointError(f"vltrojan cache {folder} is missing or corrupt ({exc}); delete "
-                                  f"the folder to optimise again") from None
-        in_range = patch.numel() > 0 and 0.0 <= float(patch.min()) <= float(patch.max()) <= 1.0
-        if patch.dim() != 3 or patch.shape[0] != 3 or not in_range:
-            raise CheckpointError(f"vltrojan cache {folder}: the patch must be (3, h, w) in [0, 1]; "
-                                  f"delete the folder to optimise again")
+        patch, meta = load_patch_cache(folder, META_FILE, "vltrojan")
         self.patch, self.found_text_trigger = patch, meta["text_trigger"]
         self.stats = {**meta.get("stats", {}), "text_history": meta.get("text_history", [])}
 
