@@ -250,12 +250,7 @@ class EmbeddedFlamingo(LVLM):
             B decoded responses (special tokens removed, stripped).
         """
         tok = self.tokenizer
-        tok.padding_side = "left"
-        try:
-            enc = tok(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
-        finally:
-            tok.padding_side = "right"
-        enc = {k: v.to(self.device) for k, v in enc.items()}
+        enc = self.encode_prompts(prompts)
         with self.masks_active():
             media = self.visual_features(images, vision_features)
         with self.conditioned(media):

@@ -295,15 +295,10 @@ class HFLVLM(LVLM):
             B decoded responses (special tokens removed, stripped).
         """
         tok = self.tokenizer
-        tok.padding_side = "left"
-        try:
-            enc = tok(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
-        finally:
-            tok.padding_side = "right"
+        enc = self.encode_prompts(prompts)
         with self.masks_active():
             media = self.visual_features(images, vision_features)
-        ids, mask, _ = self._lm_inputs(enc["input_ids"].to(self.device),
-                                       enc["attention_mask"].to(self.device), media)
+        ids, mask, _ = self._lm_inputs(enc["input_ids"], enc["attention_mask"], media)
         with self.conditioned(media):
             out = self._generator.generate(
                 input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, num_beams=num_beams,

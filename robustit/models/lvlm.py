@@ -108,6 +108,17 @@ class LVLM(nn.Module):
         self.channel_masks[hook_point] = mask
         return mask
 
+    def encode_prompts(self, prompts) -> dict:
+        """Left-padded prompt batch for generation: {"input_ids", "attention_mask"} (B, L) on the
+        model's device; the tokenizer is back to right padding (training's) afterwards."""
+        tok = self.tokenizer
+        tok.padding_side = "left"
+        try:
+            enc = tok(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
+        finally:
+            tok.padding_side = "right"
+        return {k: v.to(self.device) for k, v in enc.items()}
+
     def hook_point_width(self, hook_point: Optional[str]) -> int:
         """Channels D at a hook point, found by one forward of a blank image through the adapter."""
         path = self.hook_module_path(hook_point)
