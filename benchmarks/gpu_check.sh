@@ -9,35 +9,25 @@
 # thread; 4. the quick grid's clean and Blended rows trained and evaluated on the GPU
 # (benchmarks/specs/quick-gpu.yaml), one run at a time so each run's wall time is its own.
 #
-# A GPU machine without robustit's dependencies gets them from $CARRY (default .devcarry):
-# site.tar.xz (kornia, kornia_rs, pycocotools and pycocoevalcap without METEOR and SPICE) and
-# jre.tar.xz (a `jlink` Java runtime for the PTB tokenizer). Results land in OUTDIR:
+# A GPU machine without robustit's dependencies gets them from $CARRY (benchmarks/gpu_env.sh).
+# Results land in OUTDIR:
 # versions.txt, throughput.txt, results.jsonl (the grid's cell records), bench.log.
 set -uo pipefail
 out=${1:?usage: bash benchmarks/gpu_check.sh OUTDIR}
-carry=${CARRY:-.devcarry}
-tmp=${TMPDIR:-/tmp}/robustit-gpu-check
-mkdir -p "$out" "$tmp"
-for t in site jre; do
-  [ -f "$carry/$t.tar.xz" ] && tar -xJf "$carry/$t.tar.xz" -C "$tmp"
-done
-[ -d "$tmp/site" ] && export PYTHONPATH="$tmp/site:$PWD"
-[ -d "$tmp/jre" ] && export PATH="$tmp/jre/bin:$PATH"
-export PYTHONUNBUFFERED=1
-py=${PYTHON:-python3}
+source "$(dirname "$0")/gpu_env.sh"
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   nproc
   $py -c "import torch, transformers, accelerate, kornia; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'transformers', transformers.__version__, 'accelerate', accelerate.__version__, 'kornia', kornia.__version__)"
   java -version 2>&1 | head -1; git rev-parse HEAD; } 2>&1 | tee "$out/versions.txt"
-world="$tmp/world"
+world="$tmp/world-2000"
 $py -m robustit data build --out "$world" --pretrain 0 --train 2000 --val 10 --test 100 \
   --test-vqa 10 --workers "$(nproc)" --quiet || exit 1
 { $py benchmarks/bench_train_generate.py --data "$world" --device cuda --threads 1 --steps 60 --n 256
   $py benchmarks/bench_train_generate.py --data "$world" --device cpu --threads 1 --steps 30 --n 64
 } 2>&1 | grep -v -i warn | tee "$out/throughput.txt"
 start=$(date +%s)
-$py -m robustit bench --spec benchmarks/specs/quick-gpu.yaml --out "$tmp/bench" --world "$world" \
+$py -m robustit bench --spec benchmarks/specs/quick-gpu.yaml --out "$tmp/bench-quick-gpu" --world "$world" \
   --jobs 1 > "$out/bench.log" 2>&1
 echo "bench rc=$? wall=$(( $(date +%s) - start ))s" | tee -a "$out/bench.log"
-cp "$tmp/bench/results.jsonl" "$out/" 2>/dev/null
+cp "$tmp/bench-quick-gpu/results.jsonl" "$out/" 2>/dev/null
 tail -n 25 "$out/bench.log"
