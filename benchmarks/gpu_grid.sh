@@ -5,7 +5,8 @@
 #
 # Builds the full embedded world (no pretraining split), runs `robustit bench --spec SPEC
 # --jobs JOBS` (default 12: the runs share the GPU, one host thread each) and stops it after
-# SECONDS (default 480; a stopped grid keeps its finished cells, as everywhere). OUTDIR gets
+# SECONDS (default 480) with SIGTERM, which stops the workers at once (a stopped grid keeps its
+# finished cells, as everywhere). OUTDIR gets
 # versions.txt, bench.log and cells.tar.gz (the cells/ folder and spec.json of the bench
 # folder: unpack it into a bench folder here and `robustit report` reads it).
 # Dependencies missing on that machine come from $CARRY (benchmarks/gpu_env.sh).
@@ -23,7 +24,7 @@ start=$(date +%s)
 world="$tmp/world"
 $py -m robustit data build --out "$world" --pretrain 0 --workers "$(nproc)" --quiet || exit 1
 bench="$tmp/bench-$(basename "$spec" .yaml)"
-timeout -s INT "$limit" $py -m robustit bench --spec "$spec" --out "$bench" --world "$world" \
+timeout -k 30 "$limit" $py -m robustit bench --spec "$spec" --out "$bench" --world "$world" \
   --jobs "$jobs" > "$out/bench.log" 2>&1
 echo "bench rc=$? wall=$(( $(date +%s) - start ))s (world build included)" | tee -a "$out/bench.log"
 tar -czf "$out/cells.tar.gz" -C "$bench" cells spec.json

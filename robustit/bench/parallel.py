@@ -6,16 +6,21 @@ the world, the training subset and every poisoned set (learned triggers are opti
 Then each training run (its training and all its evaluations) is one task for a worker; a
 worker writes its cells' records itself, atomically, so a kill loses at most the runs in flight.
 Each worker's output goes to ``OUT/logs/<run id>.log``.
+
+An interrupt (Ctrl-C, or SIGTERM, which ``robustit.cli.main`` turns into one) or a failed run
+terminates the workers at once: waiting for the runs in flight would let a time-limited job
+(``timeout``, a batch scheduler) run past its limit, and their cells are redone by a rerun.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import sys
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Tuple
 
 from ..errors import RobustITError
 from .runner import Bench
@@ -48,21 +53,45 @@ def _run_groups(bench: Bench, groups: Dict[str, List[Dict]], jobs: int, n_cells:
     out: Dict[str, Dict] = {}
     bar = tqdm(total=n_cells, desc="cells", unit="cell", file=sys.stderr, disable=bench.quiet)
     args = (bench.spec.canonical(), str(bench.out), str(bench.world))
-    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(_run_group, *args, rid, keys): rid for rid, keys in groups.items()}
-        try:
-            for future in as_completed(futures):
-                records = future.result()  # a failed run raises here, naming its log
-                out.update({r["id"]: r for r in records})
-                bench.write_store()
-                bar.update(len(records))
-                bench.log(f"[done] {futures[future]} ({len(records)} cells)")
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
+    tasks = [(*args, rid, keys) for rid, keys in groups.items()]
+    with contextlib.closing(pool_map(_run_group_task, tasks, jobs)) as results:  # closing: an
+        for rid, records in results:  # error here terminates the workers too; a failed run raises
+            out.update({r["id"]: r for r in records})
+            bench.write_store()
+            bar.update(len(records))
+            bench.log(f"[done] {rid} ({len(records)} cells)")
     bar.close()
     return out
+
+
+def pool_map(worker: Callable[[Tuple], Any], tasks: Iterable[Tuple], jobs: int) -> Iterator[Any]:
+    """``worker(task)`` for every task in ``jobs`` spawned processes, results as they finish.
+
+    On any exception in the caller or a worker (KeyboardInterrupt included) the workers are
+    terminated before it propagates, so nothing runs on after the command has stopped.
+    ``worker`` must be importable by name (a module-level function), as spawn requires.
+    """
+    pool = get_context("spawn").Pool(jobs, initializer=_worker_signals)
+    try:
+        yield from pool.imap_unordered(worker, tasks)
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
+
+
+def _worker_signals() -> None:
+    """Workers leave interrupts to the parent (Ctrl-C reaches the whole process group) and die
+    at once on the parent's terminate(): a worker that turned SIGTERM into an exception would
+    go back to waiting for tasks, and the parent's join would hang."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(128 + signum))
+
+
+def _run_group_task(task: Tuple) -> Tuple[str, List[Dict]]:
+    return task[3], _run_group(*task)
 
 
 def _run_group(spec_data: Dict, out: str, world: str, rid: str, keys: List[Dict]) -> List[Dict]:

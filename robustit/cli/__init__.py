@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 from typing import List, Optional
 
 from ..errors import RobustITError
@@ -36,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    terminate_as_interrupt()
     try:
         return int(args.func(args) or 0)
     except RobustITError as exc:
@@ -44,6 +47,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"robustit {args.verb}: interrupted", file=sys.stderr)
         return 130
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def terminate_as_interrupt() -> None:
+    """Make SIGTERM (``kill``, ``timeout``, batch schedulers) stop a verb like Ctrl-C does, so
+    its cleanup runs: temporary files are removed, bench workers are terminated. Only from the
+    main thread and only where SIGTERM still has its default action (an embedding program's
+    own handler is kept)."""
+    if (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL):
+        signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
 if __name__ == "__main__":  # python -m robustit.cli
