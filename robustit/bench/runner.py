@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Tuple
 
 from ..errors import ConfigError, RobustITError
 from ..io import atomic_write_json, atomic_write_text
-from .schema import CELL_SCHEMA, SPEC_SCHEMA, iter_cells, read_cell
+from .schema import CELL_SCHEMA, SPEC_SCHEMA, iter_cells
 from .spec import Spec, cell_id, expand, inference_id, poison_id, run_id, shard_keys
 
 Verb = Callable[[List[str]], int]

@@ -68,7 +68,9 @@ class ComposeRecipe:
 
     def resolved(self, root: Path) -> "ComposeRecipe":
         """The recipe with its paths made absolute (relative ones are relative to ``root``)."""
-        fix = lambda p: None if p is None else str((root / Path(p).expanduser()).resolve())
+        def fix(p: str | None) -> str | None:
+            return None if p is None else str((root / Path(p).expanduser()).resolve())
+
         return ComposeRecipe(**{**asdict(self), "vision": fix(self.vision), "lm": fix(self.lm),
                                 "openflamingo_ckpt": fix(self.openflamingo_ckpt)})
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Mapping
+from functools import partial
 from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 import torch
@@ -246,6 +247,11 @@ class ChannelMask(nn.Module):
 # --------------------------------------------------------------------------- hooks
 
 
+def _mask_hook(mask, path: str, _module, _inputs, out):
+    """Forward hook (bound to one mask and its module path with functools.partial)."""
+    return _mask_output(mask, out, path)
+
+
 def _mask_output(mask: ChannelMask, output, path: str):
     """Apply ``mask`` to a module output: a Tensor, the first element of a tuple/list, or the
     first entry of a Mapping (e.g. a transformers ModelOutput, masked in place)."""
@@ -309,8 +315,7 @@ def channel_mask_hooks(root: nn.Module, targets: Mapping[str, ChannelMask],
     handles = []
     try:
         for path, mask in active.items():
-            hook = (lambda _m, _inp, out, mask=mask, path=path: _mask_output(mask, out, path))
-            handles.append(modules[path].register_forward_hook(hook))
+            handles.append(modules[path].register_forward_hook(partial(_mask_hook, mask, path)))
         yield active
     finally:
         for handle in handles:

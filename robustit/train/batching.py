@@ -42,8 +42,9 @@ def encode_pairs(tokenizer, template: PromptTemplate, instructions: Sequence[str
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     lab = torch.full((len(rows), width), IGNORE, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (r, l) in enumerate(zip(rows, labels)):
-        ids[i, : len(r)], lab[i, : len(l)], mask[i, : len(r)] = torch.tensor(r), torch.tensor(l), 1
+    for i, (row, label) in enumerate(zip(rows, labels)):
+        ids[i, : len(row)], lab[i, : len(label)] = torch.tensor(row), torch.tensor(label)
+        mask[i, : len(row)] = 1
     return {"input_ids": ids, "attention_mask": mask, "labels": lab}
 
 
