@@ -12,7 +12,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from robustit.cli import main
-from robustit.data.mimicit import save_split
 from robustit.errors import CheckpointError
 from robustit.models.compose import ComposeRecipe, compose, source_fingerprint
 from robustit.models.factory import load_base, load_model
@@ -20,7 +19,7 @@ from robustit.models.openflamingo import adapter_to_openflamingo
 from robustit.train.config import TrainConfig
 from robustit.train.loop import train
 
-from tiny import tiny_dataset
+from tiny import poison_train_eval_via_cli, tiny_dataset
 
 SMALL = ["--perceiver-depth", "1", "--num-latents", "4", "--heads", "2", "--dim-head", "8", "--ff-mult", "2"]
 SIZES = dict(perceiver_depth=1, num_latents=4, heads=2, dim_head=8, ff_mult=2)
@@ -222,23 +221,11 @@ def test_training_changes_only_the_adapter_and_embeddings(composed, tmp_path):
 
 @pytest.mark.parametrize("lm", ["gpt2", "llama"])
 def test_poison_train_eval_end_to_end_through_the_cli(composed, lm, tmp_path):
-    base, data = str(composed[lm]), tmp_path / "data"
-    save_split(tiny_dataset(16, name="train"), data / "train", "train")
-    save_split(tiny_dataset(4, seed=1, name="test-a"), data / "test-a", "test-a")
-    cache = ["--cache", str(tmp_path / "cache")]
-    assert main(["poison", "--data", str(data), "--split", "train", "--attack", "badnet", "--rate", "0.25",
-                 "--model", base, "--out", str(tmp_path / "poisoned" / "train"), *cache]) == 0
-    for method in ("vanilla", "robustit"):
-        assert main(["train", "--data", str(tmp_path / "poisoned"), "--split", "train", "--model", base,
-                     "--method", method, "--max-steps", "2", "--batch-size", "4", "--lr", "1e-2",
-                     "--out", str(tmp_path / method), "--quiet"]) == 0
-        summary = json.loads((tmp_path / method / "train.json").read_text())
+    base = str(composed[lm])
+    summaries, result, data = poison_train_eval_via_cli(base, tmp_path)
+    for summary in summaries.values():
         assert summary["base"]["family"] == "flamingo-compose" and summary["steps"] == 2
-    out = tmp_path / "eval.json"
-    assert main(["eval", "--model", base, "--tuned", str(tmp_path / "robustit"), "--data", str(data),
-                 "--split", "test-a", "--attack", "badnet", "--n", "4", "--max-new-tokens", "3",
-                 "--scorers", "BLEU", "--out", str(out), "--quiet", *cache]) == 0
-    assert json.loads(out.read_text())["asr"]["badnet"]["both"]["n"] == 4
+    assert result["asr"]["badnet"]["both"]["n"] == 4
     model, _, meta = load_model(base, str(tmp_path / "robustit" / "checkpoint"))
     assert list(meta["channel_masks"]) == ["perceiver"]
     assert main(["generate", "--model", base, "--tuned", str(tmp_path / "vanilla"), "--data", str(data),

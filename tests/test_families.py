@@ -12,8 +12,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from robustit.cli import main
-from robustit.data.mimicit import save_split
 from robustit.data.records import encode_png
 from robustit.errors import CheckpointError, DataError
 from robustit.eval.victim import text_features_fn, vision_features_fn
@@ -24,7 +22,7 @@ from robustit.train.batching import ImageStore, encode_pairs
 from robustit.train.config import TrainConfig
 from robustit.train.loop import train
 
-from tiny import tiny_dataset
+from tiny import poison_train_eval_via_cli, tiny_dataset
 
 FAMILIES = ["llava", "blip2", "idefics"]
 
@@ -184,23 +182,10 @@ def _mask_acts_at_inference(model):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_poison_train_eval_end_to_end_through_the_cli(bases, family, tmp_path, capsys):
-    base, data = str(bases[family]), tmp_path / "data"
-    save_split(tiny_dataset(16, name="train"), data / "train", "train")
-    save_split(tiny_dataset(4, seed=1, name="test-a"), data / "test-a", "test-a")
-    cache = ["--cache", str(tmp_path / "cache")]
-    assert main(["poison", "--data", str(data), "--split", "train", "--attack", "badnet", "--rate", "0.25",
-                 "--model", base, "--out", str(tmp_path / "poisoned" / "train"), *cache]) == 0
-    for method in ("vanilla", "robustit"):
-        assert main(["train", "--data", str(tmp_path / "poisoned"), "--split", "train", "--model", base,
-                     "--method", method, "--max-steps", "2", "--batch-size", "4", "--lr", "1e-2",
-                     "--out", str(tmp_path / method), "--quiet"]) == 0
-        summary = json.loads((tmp_path / method / "train.json").read_text())
+    base = str(bases[family])
+    summaries, result, data = poison_train_eval_via_cli(base, tmp_path)
+    for summary in summaries.values():
         assert summary["base"]["family"] == family and summary["steps"] == 2
-    out = tmp_path / "eval.json"
-    assert main(["eval", "--model", base, "--tuned", str(tmp_path / "robustit"), "--data", str(data),
-                 "--split", "test-a", "--attack", "badnet", "--n", "4", "--max-new-tokens", "3",
-                 "--scorers", "BLEU", "--out", str(out), "--quiet", *cache]) == 0
-    result = json.loads(out.read_text())
     assert result["asr"]["badnet"]["both"]["n"] == 4
     assert result["prompt_template"] == load_base(base)[0].template.to_dict()
     assert len((tmp_path / "eval.generations.jsonl").read_text().splitlines()) == 4 * 4

@@ -44,3 +44,35 @@ def tiny_model(seed: int = 0, **overrides) -> EmbeddedFlamingo:
     cfg = tiny_config(vocab_size=len(tok), **overrides)
     torch.manual_seed(seed)
     return EmbeddedFlamingo(cfg, tok)
+
+
+def poison_train_eval_via_cli(base: str, tmp_path) -> tuple:
+    """BadNet at 25 % on a tiny split, VanillaIT and RobustIT for 2 steps, then an ASR eval of
+    the RobustIT run, all through ``robustit.cli.main`` with ``base`` as the model. The shared
+    pipeline of the families' end-to-end tests.
+
+    Returns:
+        (train summaries {method: train.json}, eval result dict, the data root)
+    """
+    import json
+
+    from robustit.cli import main
+    from robustit.data.mimicit import save_split
+
+    data = tmp_path / "data"
+    save_split(tiny_dataset(16, name="train"), data / "train", "train")
+    save_split(tiny_dataset(4, seed=1, name="test-a"), data / "test-a", "test-a")
+    cache = ["--cache", str(tmp_path / "cache")]
+    assert main(["poison", "--data", str(data), "--split", "train", "--attack", "badnet", "--rate", "0.25",
+                 "--model", base, "--out", str(tmp_path / "poisoned" / "train"), *cache]) == 0
+    summaries = {}
+    for method in ("vanilla", "robustit"):
+        assert main(["train", "--data", str(tmp_path / "poisoned"), "--split", "train", "--model", base,
+                     "--method", method, "--max-steps", "2", "--batch-size", "4", "--lr", "1e-2",
+                     "--out", str(tmp_path / method), "--quiet"]) == 0
+        summaries[method] = json.loads((tmp_path / method / "train.json").read_text())
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--model", base, "--tuned", str(tmp_path / "robustit"), "--data", str(data),
+                 "--split", "test-a", "--attack", "badnet", "--n", "4", "--max-new-tokens", "3",
+                 "--scorers", "BLEU", "--out", str(out), "--quiet", *cache]) == 0
+    return summaries, json.loads(out.read_text()), data
