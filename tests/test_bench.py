@@ -88,6 +88,19 @@ def test_every_shipped_spec_parses():
         assert spec.name == name and expand(spec)
 
 
+def test_list_specs_names_each_shipped_spec_with_its_size_and_spec_is_required_otherwise(capsys):
+    from robustit.bench.spec import SHIPPED, run_id
+    from robustit.cli import main
+
+    assert main(["bench", "--list-specs"]) == 0
+    lines = {line.split()[0]: line.split()[1:3] for line in capsys.readouterr().out.splitlines()[1:-1]}
+    for path in SHIPPED.glob("*.yaml"):
+        keys = expand(load_spec(path.stem))
+        assert lines[path.stem] == [str(len(keys)), str(len({run_id(k) for k in keys}))]
+    assert main(["bench", "--out", "unused"]) == 2
+    assert "--spec is required" in capsys.readouterr().err
+
+
 class FakeVerbs:
     """Stands in for the CLI: writes each verb's output, records calls, can fail on call N."""
 

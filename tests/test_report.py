@@ -271,12 +271,12 @@ def test_robustit_defaults_match_the_method_source():
     assert 'params.pop("components", "both")' in method
 
 
-def test_paper_figures_are_transcribed_for_tables_1_to_5_and_10():
+def test_paper_figures_are_transcribed_for_tables_1_to_5_7_8_10_and_11():
     from robustit.report import paper
 
     sizes = {name: len(paper.table(name)["rows"]) for name in paper.paper_figures()["tables"]}
     assert sizes == {"table1": 16, "table2": 4, "table3": 6, "table4": 8, "table5": 16, "table7": 2,
-                     "table8": 3, "table10": 5}
+                     "table8": 3, "table10": 5, "table11_mscoco": 4, "table11_flickr30k": 4}
     t1 = {(r["attack"], r["method"]): r["values"] for r in paper.table("table1")["rows"]}
     assert t1[("ssba", "vanilla")]["CIDEr"] == 20.2 and t1[("vltrojan", "robustit")]["ASR"] == 3.4
     assert paper.TEST_SET_ANALOGUE == {"test-a": "MSCOCO", "test-b": "Flickr30k"}
@@ -405,3 +405,21 @@ def test_vqa_sets_get_the_layout_of_paper_table_7():
     assert "| TrojVQA 1% | RobustIT, paper (Otter, VQAv2) | 68.7 | 1.3 |" in vqa
     assert "Table 7, Appendix C.2" in vqa and "one-shot" in vqa
     assert "halves-test-a-vqa-1shot" in tables
+
+
+def test_tuning_baselines_get_their_names_and_table_11_rows_under_trojvqa():
+    m = {"BLEU_1": 50.0, "BLEU_4": 10.0, "CIDEr": 30.0}
+    records = [cell("trojvqa", "vanilla", {}, "test-b", 0, 0, m, 0.0, (90.0, 5.0, 80.0)),
+               cell("trojvqa", "cleanclip", {}, "test-b", 0, 0, m, 0.0, (70.0, 5.0, 60.0)),
+               cell("trojvqa", "fineprune", {}, "test-b", 0, 0, m, 0.0, (60.0, 5.0, 50.0)),
+               cell("blended", "cleanclip", {}, "test-b", 0, 0, m, 0.0, (50.0, 5.0, 40.0))]
+    main_table = _tables_of(records)["main-test-b-0shot"]
+    lines = main_table.splitlines()
+    # Table 1 has TrojVQA VanillaIT (searched first); CleanCLIP only Table 11, with its ASR 'N/A'
+    assert any(line.startswith("| TrojVQA 1% | VanillaIT, paper (Otter, Flickr30k) | 55.9") for line in lines)
+    clean = [line for line in lines if line.startswith("| TrojVQA 1% | CleanCLIP, paper (Otter, Flickr30k)")]
+    assert len(clean) == 1 and "| 72.3 |" in clean[0] and clean[0].rstrip().endswith("| - |")
+    assert any(line.startswith("| TrojVQA 1% | Fine-Pruning, paper (Otter, Flickr30k) | 0.0") for line in lines)
+    assert any(line.startswith("| Blended 1% | CleanCLIP |") for line in lines)  # our row, named
+    assert not any("Blended 1% | CleanCLIP, paper" in line for line in lines)  # no paper row: other attack
+    assert "Table 11, Appendix F" in main_table

@@ -17,8 +17,9 @@ def register(sub) -> None:
                     "record per cell to OUT/cells/ and all of them to OUT/results.jsonl. Rerunning "
                     "skips finished cells and resumes unfinished ones (training resumes from its last "
                     "saved step), so a killed grid loses at most the work in flight.")
-    p.add_argument("--spec", required=True, metavar="FILE|NAME",
-                   help="spec file, or the name of a shipped spec (see --list-specs)")
+    p.add_argument("--spec", metavar="FILE|NAME",
+                   help="spec file, or the name of a shipped spec (see --list-specs); required unless "
+                        "--list-specs")
     p.add_argument("--out", metavar="DIR", help="output folder (required unless --list-specs / --dry-run)")
     p.add_argument("--world", default="work/world", metavar="DIR",
                    help="the embedded world's data root for specs without `data` (built there if "
@@ -31,7 +32,8 @@ def register(sub) -> None:
                         "(default 1 thread per process when N > 1); on a CPU, N = the number of cores "
                         "beats one process with N threads (default: 1, in this process)")
     p.add_argument("--dry-run", action="store_true", help="print the cells (of this shard) and exit")
-    p.add_argument("--list-specs", action="store_true", help="print the shipped specs and exit")
+    p.add_argument("--list-specs", action="store_true",
+                   help="print the shipped specs (name, cells, training runs, description) and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_threads_arg(p)
     p.set_defaults(func=run)
@@ -43,9 +45,11 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
 
     if args.list_specs:
-        for path in sorted(SHIPPED.glob("*.yaml")):
-            print(f"{path.stem:10s} {path}")
+        _list_specs(SHIPPED)
         return 0
+    if not args.spec:
+        raise ConfigError("--spec is required: a spec file or a shipped spec's name (--list-specs "
+                          "prints them)")
     spec = load_spec(args.spec)
     shard = parse_shard(args.shard)
     if args.threads:
@@ -67,3 +71,17 @@ def run(args: argparse.Namespace) -> int:
         records = run_parallel(bench, args.jobs, shard)
     print(json.dumps({"spec": spec.name, "cells": len(records), "out": args.out}))
     return 0
+
+
+def _list_specs(folder: Path) -> None:
+    """One line per shipped spec: name, cells, training runs, description."""
+    from ..bench.spec import expand, load_spec, run_id
+
+    specs = [load_spec(str(path)) for path in sorted(folder.glob("*.yaml"))]
+    width = max(len(s.name) for s in specs)
+    print(f"{'name':{width}s}  cells  runs  description")
+    for spec in specs:
+        keys = expand(spec)
+        runs = len({run_id(k) for k in keys})
+        print(f"{spec.name:{width}s}  {len(keys):5d}  {runs:4d}  {' '.join((spec.description or '').split())}")
+    print(f"(in {folder})")

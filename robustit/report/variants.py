@@ -29,7 +29,9 @@ ATTACK_NAMES = {"none": "No attack", "badnet": "BadNet", "adaptive-badnet": "Ada
                 "vltrojan": "VLTrojan"}
 #: order of inference-time defenses in labels and tables
 INFERENCE_ORDER = ("prompt_filter", "magnitude_prune")
-METHOD_ORDER = ("VanillaIT", "RobustIT", "AAR only", "IDR only")
+METHOD_ORDER = ("VanillaIT", "RobustIT", "AAR only", "IDR only", "Fine-Pruning", "CleanCLIP")
+#: display names of the tuning methods other than robustit (whose label depends on its params)
+METHOD_NAMES = {"vanilla": "VanillaIT", "fineprune": "Fine-Pruning", "cleanclip": "CleanCLIP"}
 _COMPONENT_NAMES = {"both": "RobustIT", "idr": "IDR only", "aar": "AAR only"}
 _SYMBOLS = {"alpha": "α", "beta": "β", "gamma": "γ"}
 HYPER = ("alpha", "beta", "gamma")
@@ -74,7 +76,7 @@ def _tuning_label(key: Dict) -> Tuple[str, str]:
     method, params = key["method"], key.get("params") or {}
     if method == "robustit":
         return _robustit_label(params)
-    base = "VanillaIT" if method == "vanilla" else method
+    base = METHOD_NAMES.get(method, method)
     if params:
         base += " (" + ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(params.items())) + ")"
     return base, "main"
