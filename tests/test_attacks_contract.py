@@ -217,6 +217,21 @@ def test_image_only_mode_leaves_instruction(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_no_text_mode_adds_no_text_trigger_for_any_attack(name, tmp_path):
+    attack = make(name, tmp_path, text_trigger_mode="no-text")
+    text = "What is in the picture?"
+    assert attack.text_trigger is None and attack.apply_text(text) == text
+    assert attack.describe()["text_trigger"] is None  # what manifests and results record
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(attack.apply_image(x, ["a", "b"]), x)  # the image trigger stays
+
+
+def test_an_unknown_text_trigger_mode_names_the_valid_ones():
+    with pytest.raises(ConfigError, match="no-text"):
+        build_attack("badnet", {"text_trigger_mode": "text-only"})
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_target_pool_draws_are_seeded(name, poisoned_cache):
     attack, data, _, _ = poisoned_cache(name)
     pool = ["The image depicts a banana.", "The image depicts a photo of the banana.", "A banana."]

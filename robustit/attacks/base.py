@@ -26,15 +26,22 @@ ATTACKS: Registry = Registry("attack")
 PAPER_TEXT_TRIGGER = "The image depicts"
 
 
+#: how poisoned instructions carry a text trigger (AttackConfig.text_trigger_mode)
+TEXT_TRIGGER_MODES = ("paper", "image-only", "no-text")
+
+
 @dataclass
 class AttackConfig:
     """Parameters shared by all attacks.
 
     Attributes:
-        text_trigger_mode: ``"paper"`` (the paper's App. B: the attack's text trigger is added to
-            the instruction) or ``"image-only"`` (the VL-Trojan harness reading for image-trigger
-            attacks: the instruction is left unchanged). Attacks whose text trigger is part of
-            the attack itself (TrojVQA, VL-Trojan) ignore ``image-only`` unless stated.
+        text_trigger_mode: one of :data:`TEXT_TRIGGER_MODES`: ``"paper"`` (the paper's App. B:
+            the attack's text trigger is added to the instruction), ``"image-only"`` (the
+            VL-Trojan harness reading for image-trigger attacks: the instruction is left
+            unchanged; attacks whose text trigger is part of the attack itself, TrojVQA and
+            VL-Trojan, keep it) or ``"no-text"`` (no text trigger for any attack, those two
+            included: a diagnostic of whether the image trigger alone implants, not a reading
+            of the paper).
         text_trigger: the phrase; ``None`` -> the attack's default.
         text_position: ``"append"`` or ``"prepend"``.
     """
@@ -44,8 +51,8 @@ class AttackConfig:
     text_position: str = "append"
 
     def __post_init__(self) -> None:
-        if self.text_trigger_mode not in ("paper", "image-only"):
-            raise ConfigError(f"`text_trigger_mode` must be 'paper' or 'image-only'; got "
+        if self.text_trigger_mode not in TEXT_TRIGGER_MODES:
+            raise ConfigError(f"`text_trigger_mode` must be one of {list(TEXT_TRIGGER_MODES)}; got "
                               f"{self.text_trigger_mode!r}")
         if self.text_position not in ("append", "prepend"):
             raise ConfigError(f"`text_position` must be 'append' or 'prepend'; got {self.text_position!r}")
@@ -88,7 +95,7 @@ class Attack:
     name: ClassVar[str] = "base"
     config_cls: ClassVar[Type[AttackConfig]] = AttackConfig
     default_text_trigger: ClassVar[str] = PAPER_TEXT_TRIGGER
-    #: True when the text trigger is intrinsic to the attack (kept in image-only mode)
+    #: True when the text trigger is intrinsic to the attack (kept in image-only mode, not in no-text)
     text_trigger_intrinsic: ClassVar[bool] = False
 
     def __init__(self, config: Optional[AttackConfig] = None) -> None:
@@ -115,8 +122,13 @@ class Attack:
     @property
     def text_trigger(self) -> Optional[str]:
         """The phrase added to instructions, or None when this run adds none."""
-        if self.config.text_trigger_mode == "image-only" and not self.text_trigger_intrinsic:
+        mode = self.config.text_trigger_mode
+        if mode == "no-text" or (mode == "image-only" and not self.text_trigger_intrinsic):
             return None
+        return self.text_trigger_phrase()
+
+    def text_trigger_phrase(self) -> str:
+        """The phrase the attack adds when its mode adds one (subclasses that learn it override)."""
         return self.config.text_trigger or self.default_text_trigger
 
     def apply_text(self, instruction: str) -> str:

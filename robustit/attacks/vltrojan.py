@@ -109,15 +109,14 @@ class VLTrojan(Attack):
         self.found_text_trigger: Optional[str] = None
         self.stats: Dict[str, Any] = {}
 
-    @property
-    def text_trigger(self) -> str:
+    def text_trigger_phrase(self) -> str:
         """The configured trigger, else the one found by :meth:`prepare`, else ``"zbw"``."""
         return self.config.text_trigger or self.found_text_trigger or self.default_text_trigger
 
     # -- preparation ------------------------------------------------------------------------
     def _searches_text(self, ctx: AttackContext) -> bool:
         return bool(self.config.text_trigger_search and ctx.text_features is not None
-                    and not self.config.text_trigger)
+                    and not self.config.text_trigger and self.config.text_trigger_mode != "no-text")
 
     def cache_key(self, ctx: AttackContext) -> str:
         """Hash of the configuration, seed, victim model, image size and whether the text trigger

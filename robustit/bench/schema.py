@@ -18,7 +18,7 @@ A cell record (``schema == CELL_SCHEMA``)::
       "key": {                              # what identifies the cell; seed is the only
         "attack": "blended" | "none",       # key a report averages over
         "rate": 0.01,                       # 0.0 for attack "none"
-        "text_trigger_mode": "paper" | "image-only",
+        "text_trigger_mode": "paper" | "image-only" | "no-text",
         "method": "vanilla" | "robustit" | ...,
         "params": {"alpha": 2.0, "beta": 0.9, "gamma": 0.5, "components": "both"},
         "test_set": "test-a",

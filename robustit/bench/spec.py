@@ -11,7 +11,7 @@ A spec (every key optional except ``name``)::
     train_size: 0                   # use the first N training samples (0: all)
     attacks: [none, blended]        # 'none' = clean tuning (its rate is 0)
     rates: [0.01]
-    text_trigger_modes: [paper]     # paper | image-only
+    text_trigger_modes: [paper]     # paper | image-only | no-text
     methods:                        # a name, or {name, params, inference, label}
       - vanilla
       - {name: robustit, params: {components: both}}
@@ -57,7 +57,6 @@ EVAL_KEYS = {"n", "scorers", "batch_size", "beams", "max_new_tokens", "target", 
 INFERENCE_KEYS = {"prompt_filter", "magnitude_prune"}
 #: short names of inference options in cell ids
 _INFERENCE_TAGS = {"prompt_filter": "pf", "magnitude_prune": "mp"}
-TEXT_TRIGGER_MODES = ("paper", "image-only")
 SHIPPED = Path(__file__).resolve().parent.parent / "resources" / "specs"
 
 
@@ -170,6 +169,7 @@ def _method(item: Any, where: str) -> MethodSpec:
 
 def _check(spec: Spec, where: str) -> None:
     from ..attacks import ATTACKS
+    from ..attacks.base import TEXT_TRIGGER_MODES
     from ..train.methods import METHODS
     from ..train import robustit_method  # noqa: F401  (registers robustit)
 

@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from ..attacks.base import TEXT_TRIGGER_MODES
 from ..errors import ConfigError
 from ..io import atomic_write_json, provenance
 from .common import add_format_args, add_param_arg, data_options, open_split, parse_params, report_skipped
@@ -58,9 +59,11 @@ def register(subparsers) -> None:
                    "for --triggered-test OUT/NAME_manifest.json)")
     p.add_argument("--tasks", help="comma-separated tasks whose samples may be poisoned (default: all)")
     add_param_arg(p, "attack")
-    p.add_argument("--text-trigger-mode", choices=("paper", "image-only"),
+    p.add_argument("--text-trigger-mode", choices=TEXT_TRIGGER_MODES,
                    help="'paper': add the attack's text trigger (App. B, default); 'image-only': leave "
-                        "instructions unchanged (intrinsic text triggers such as TrojVQA's stay)")
+                        "instructions unchanged (intrinsic text triggers, TrojVQA's and VL-Trojan's, "
+                        "stay); 'no-text': no text trigger for any attack (a diagnostic: does the "
+                        "image trigger alone implant?)")
     p.add_argument("--cache", type=Path, help="folder for optimised / trained trigger artefacts, shared "
                    "with `robustit eval` (default: $ROBUSTIT_CACHE/attacks or ~/.cache/robustit/attacks)")
     p.add_argument("--model", metavar="BASE", help="frozen victim base model ('embedded', a base model "
