@@ -423,3 +423,6 @@ def test_tuning_baselines_get_their_names_and_table_11_rows_under_trojvqa():
     assert any(line.startswith("| Blended 1% | CleanCLIP |") for line in lines)  # our row, named
     assert not any("Blended 1% | CleanCLIP, paper" in line for line in lines)  # no paper row: other attack
     assert "Table 11, Appendix F" in main_table
+    blended_only = _tables_of([cell("blended", "vanilla", {}, "test-b", 0, 0, m, 0.0, (50.0, 5.0, 40.0))])
+    assert "Table 1, Sec." in blended_only["main-test-b-0shot"]
+    assert "Table 11" not in blended_only["main-test-b-0shot"]  # a note only for tables that gave a row

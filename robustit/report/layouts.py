@@ -138,8 +138,8 @@ def main_table(test_set: str, shots: int, groups: Sequence[Group]) -> Optional[T
 
 def _used(table: Table, names: Sequence[str]) -> List[str]:
     """The paper tables that actually contributed a row (only those get a source note)."""
-    sources = {r.source.split(":")[0] for r in table.rows if r.is_paper}
-    return [n for n in names if paper.source_label(n) in sources]
+    sources = {r.source for r in table.rows if r.is_paper}  # "<label>: <where>", as paper_row writes
+    return [n for n in names if f"{paper.source_label(n)}: {paper.table(n)['where']}" in sources]
 
 
 def halves_table(test_set: str, shots: int, groups: Sequence[Group]) -> Optional[Table]:
