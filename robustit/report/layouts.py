@@ -120,14 +120,19 @@ def split_by_test(groups: Sequence[Group]) -> Dict[Tuple[str, int], List[Group]]
     return dict(sorted(out.items()))
 
 
+def _attack_method_rows(groups: Sequence[Group]) -> List[Tuple[Group, Row]]:
+    """Our rows of the main role (attack x method), in the paper's order; [] when none."""
+    mains = [g for g in groups if method_label(g.key)[1] == "main"]
+    mains.sort(key=lambda g: (attack_rank(g.key), method_rank(method_label(g.key)[0])))
+    return [(g, Row({**our_cells(g), "attack": attack_label(g.key), "method": method_label(g.key)[0]}))
+            for g in mains]
+
+
 def main_table(test_set: str, shots: int, groups: Sequence[Group]) -> Optional[Table]:
     """The paper's Table 1 / 5 layout for one test set and shot count."""
-    mains = [g for g in groups if method_label(g.key)[1] == "main"]
-    if not mains:
+    rows = _attack_method_rows(groups)
+    if not rows:
         return None
-    mains.sort(key=lambda g: (attack_rank(g.key), method_rank(method_label(g.key)[0])))
-    rows = [(g, Row({**our_cells(g), "attack": attack_label(g.key), "method": method_label(g.key)[0]}))
-            for g in mains]
     names = paper.tables_for("main", test_set, shots)
     table = Table(f"main-{test_set}-{shots}shot", f"{shots_word(shots)} results on {test_title(test_set)}",
                   [ATTACK_COL, METHOD_COL, *metric_columns(), ASR_COL],
@@ -335,12 +340,9 @@ def is_vqa(groups: Sequence[Group]) -> bool:
 
 def vqa_table(test_set: str, shots: int, groups: Sequence[Group]) -> Optional[Table]:
     """Table 7's layout for a VQA test set: attack x method, VQA accuracy and ASR."""
-    mains = [g for g in groups if method_label(g.key)[1] == "main"]
-    if not mains:
+    rows = _attack_method_rows(groups)
+    if not rows:
         return None
-    mains.sort(key=lambda g: (attack_rank(g.key), method_rank(method_label(g.key)[0])))
-    rows = [(g, Row({**our_cells(g), "attack": attack_label(g.key), "method": method_label(g.key)[0]}))
-            for g in mains]
     names = paper.tables_for("vqa", test_set, shots)
     table = Table(f"vqa-{test_set}-{shots}shot", f"{shots_word(shots)} VQA results on {test_title(test_set)} "
                   f"(cf. paper Table 7)", [ATTACK_COL, METHOD_COL, VQA_COL, ASR_COL],
