@@ -111,18 +111,6 @@ class LlavaLVLM(_ProjectorFamily):
         """(B, T, P, Dv) -> (B, T, P, D) projected visual tokens."""
         return self.hf.model.multi_modal_projector(vision_features.to(self.dtype))
 
-    def _hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.hf.model(input_ids=input_ids, attention_mask=attention_mask,
-                             use_cache=False).last_hidden_state
-
-    @property
-    def _generator(self) -> nn.Module:
-        return self.hf
-
-    @staticmethod
-    def encoder_size(config) -> int:
-        return int(config.vision_config.image_size)
-
 
 class Blip2LVLM(_ProjectorFamily):
     """BLIP-2: ViT (frozen) -> query tokens + Q-Former + language projection (adapter) -> LM.
@@ -174,10 +162,6 @@ class Blip2LVLM(_ProjectorFamily):
     @property
     def _generator(self) -> nn.Module:
         return self.hf.language_model
-
-    @staticmethod
-    def encoder_size(config) -> int:
-        return int(config.vision_config.image_size)
 
 
 class IdeficsLVLM(HFLVLM):
@@ -258,18 +242,6 @@ class IdeficsLVLM(HFLVLM):
         kwargs.update(pixel_values=None, image_encoder_embeddings=None,
                       perceiver_embeddings=media.flatten(0, 1), image_attention_mask=latest)
         return kwargs
-
-    def _hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.hf.model(input_ids=input_ids, attention_mask=attention_mask,
-                             use_cache=False).last_hidden_state
-
-    @property
-    def _generator(self) -> nn.Module:
-        return self.hf
-
-    @staticmethod
-    def encoder_size(config) -> int:
-        return int(config.vision_config.image_size)
 
 
 def _check_image_token(config_id: Optional[int], tokenizer_id: int, arch: str) -> None:

@@ -193,8 +193,9 @@ class HFLVLM(LVLM):
 
     Subclasses set ``model_type`` and ``architecture`` (how config.json is recognised),
     ``expands_images``, build their :class:`FamilySpec` in ``family_spec(hf)`` (module paths
-    start with ``hf.``) and implement ``encode_images``, ``adapt``, ``conditioned``, ``_hidden``,
-    ``_generator`` and ``encoder_size(config)``.
+    start with ``hf.``) and implement ``encode_images``, ``adapt`` and ``conditioned``;
+    ``_hidden``, ``_generator`` and ``encoder_size(config)`` have defaults for the usual
+    Hugging Face layout (BLIP-2 overrides the first two).
     """
 
     model_type: str = ""
@@ -235,13 +236,23 @@ class HFLVLM(LVLM):
         yield  # pragma: no cover
 
     def _hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B, L') -> the language model's last hidden state (B, L', H) (call inside ``conditioned``)."""
-        raise NotImplementedError
+        """(B, L') -> the language model's last hidden state (B, L', H) (call inside ``conditioned``).
+
+        Default: the usual Hugging Face layout, ``self.hf.model`` the conditioned base model
+        (LLaVA, IDEFICS); families laid out otherwise override it."""
+        return self.hf.model(input_ids=input_ids, attention_mask=attention_mask,
+                             use_cache=False).last_hidden_state
 
     @property
     def _generator(self) -> nn.Module:
-        """The module whose ``generate(input_ids=..., ...)`` decodes (inside ``conditioned``)."""
-        raise NotImplementedError
+        """The module whose ``generate(input_ids=..., ...)`` decodes (inside ``conditioned``);
+        default: the whole Hugging Face model."""
+        return self.hf
+
+    @staticmethod
+    def encoder_size(config) -> int:
+        """The vision encoder's input side in pixels, from the family's config."""
+        return int(config.vision_config.image_size)
 
     # -- shared -----------------------------------------------------------------------------
     def _lm_inputs(self, input_ids, attention_mask, media):
