@@ -48,16 +48,17 @@ class SSBAConfig(AttackConfig):
             ``None`` -> the configuration/seed/data hash.
     """
 
-    secret_bits: int = 20
+    # the StegaStamp budget and losses: StegaStampConfig's defaults, one source of truth
+    secret_bits: int = StegaStampConfig.secret_bits
     secret_seed: int = 0
-    train_steps: int = 800
-    batch_size: int = 16
-    lr: float = 2e-3
-    channels: int = 16
-    image_weight: float = 100.0
-    edge_weight: float = 10.0
-    specific_weight: float = 1.0
-    residual_scale: float = 0.25
+    train_steps: int = StegaStampConfig.train_steps
+    batch_size: int = StegaStampConfig.batch_size
+    lr: float = StegaStampConfig.lr
+    channels: int = StegaStampConfig.channels
+    image_weight: float = StegaStampConfig.image_weight
+    edge_weight: float = StegaStampConfig.edge_weight
+    specific_weight: float = StegaStampConfig.specific_weight
+    residual_scale: float = StegaStampConfig.residual_scale
     max_train_images: int = 2000
     eval_fraction: float = 0.1
     cache_name: Optional[str] = None
