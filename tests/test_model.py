@@ -157,3 +157,43 @@ def test_missing_or_corrupt_base_gives_clear_error(tmp_path):
 def test_unknown_hook_point_lists_the_known_ones():
     with pytest.raises(ConfigError, match="perceiver"):
         tiny_model().hook_module_path("nope")
+
+
+def _positions_seen(model, prompts, images, **generate_kwargs):
+    """The position_ids each LM call receives (after the model's own pre-hook)."""
+    seen = []
+    hook = model.language_model.register_forward_hook(
+        lambda mod, args, kwargs, out: seen.append(kwargs.get("position_ids")), with_kwargs=True)
+    try:
+        out = model.generate(prompts, images=images, **generate_kwargs)
+    finally:
+        hook.remove()
+    return out, seen
+
+
+def test_chunk_positions_restart_each_in_context_example_and_leave_single_examples_alone():
+    images = torch.rand(2, 2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    absolute, chunked = tiny_model(seed=3).eval(), tiny_model(seed=3, chunk_positions=True).eval()
+    _open_gates(absolute), _open_gates(chunked)
+    one_shot = [chunked.template.few_shot([("Describe.", "A red ring.")], "What colour"),
+                chunked.template.few_shot([("Describe the image please.", "A blue square at left.")], "Describe")]
+    out, seen = _positions_seen(chunked, one_shot, images, max_new_tokens=3)
+    ids = chunked.encode_prompts(one_shot)["input_ids"]
+    first = seen[0]
+    for row in range(2):
+        image_at = (ids[row] == chunked.image_token_id).nonzero().flatten().tolist()
+        assert len(image_at) == 2
+        assert first[row, image_at[0]] == first[row, image_at[1]]  # the second chunk starts over
+        query = first[row, image_at[1]:]
+        assert torch.equal(query, torch.arange(len(query)) + first[row, image_at[0]])
+    assert torch.equal(seen[1][:, 0], first[:, -1] + 1)  # decoding continues the last chunk
+    # with the KV cache or without, the same continuation
+    assert chunked.generate(one_shot, images=images, max_new_tokens=3, use_cache=False) == out
+    # a single example: the same positions, so the same logits as absolute positions
+    single = chunked.prompts(["Describe the image.", "What colour"])
+    enc = chunked.encode_prompts(single)
+    imgs = images[:, :1]
+    a = absolute(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], images=imgs).logits
+    b = chunked(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], images=imgs).logits
+    real = enc["attention_mask"].bool()
+    assert torch.equal(a[real], b[real])

@@ -63,6 +63,12 @@ class EmbeddedConfig:
     xattn_first: int = 0
     #: feed the adapter the patch tokens only (OpenFlamingo drops CLIP's CLS token).
     vision_drop_cls: bool = False
+    #: restart token positions at each in-context example's ``<image>`` (the first example's
+    #: positions are unchanged, so single-example inputs are not affected). The shipped base
+    #: learned positions from single examples of <= 49 tokens; with absolute positions a one-shot
+    #: prompt's query sits where position embeddings were never trained (docs/models.md,
+    #: "In-context examples"). Off by default: the recorded one-shot results use absolute ones.
+    chunk_positions: bool = False
 
     def __post_init__(self) -> None:
         if self.lm_family not in LM_FAMILIES:
@@ -80,7 +86,7 @@ LM_FAMILIES = {"gpt2": ("transformer.h", "transformer.wte"),
                "mpt": ("transformer.blocks", "transformer.wte")}
 #: fields added after base models were shipped: left out of ``identity()`` at their default, so
 #: tuned checkpoints of older bases still load.
-LATER_FIELDS = {"xattn_first": 0, "vision_drop_cls": False}
+LATER_FIELDS = {"xattn_first": 0, "vision_drop_cls": False, "chunk_positions": False}
 
 
 def _build_lm(cfg: EmbeddedConfig, pad_id: int, eos_id: int) -> nn.Module:
@@ -182,9 +188,9 @@ class EmbeddedFlamingo(LVLM):
         follows (the running count carries over incremental decoding steps); pre-hooks on the
         decoder layers apply the cross-attention blocks. All hooks are removed in ``finally``.
         """
-        state: dict = {"index": None, "last": None}
+        state: dict = {"index": None, "last": None, "offset": None}
         handles = [self.language_model.register_forward_pre_hook(
-            lambda mod, args, kwargs: self._track_media(state, kwargs), with_kwargs=True)]
+            lambda mod, args, kwargs: self._track_media(state, args, kwargs), with_kwargs=True)]
         blocks = self.get_submodule(self._lm_blocks_path)
         for xattn, layer_id in zip(self.adapter.xattn, self.adapter.xattn_layer_ids):
             handles.append(blocks[layer_id].register_forward_pre_hook(
@@ -195,16 +201,43 @@ class EmbeddedFlamingo(LVLM):
             for h in handles:
                 h.remove()
 
-    def _track_media(self, state: dict, kwargs: dict) -> None:
+    def _track_media(self, state: dict, args: tuple, kwargs: dict):
         ids = kwargs.get("input_ids")
         if ids is None:
             raise ValueError("the embedded model conditions on input_ids; inputs_embeds is unsupported")
         count = torch.cumsum((ids == self.image_token_id).long(), dim=1)
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        if cache is not None and cache.get_seq_length() > 0:
+        incremental = cache is not None and cache.get_seq_length() > 0
+        if incremental:
             # An incremental decoding step: continue the count of images seen so far.
             count = count + state["last"].unsqueeze(1)
         state["index"], state["last"] = count, count[:, -1]
+        if not self.config.chunk_positions:
+            return None
+        return args, {**kwargs, "position_ids": self._chunk_positions(state, ids, kwargs, incremental)}
+
+    def _chunk_positions(self, state: dict, ids: torch.Tensor, kwargs: dict, incremental: bool) -> torch.Tensor:
+        """(B, L) positions that restart at every ``<image>`` after the first, so each in-context
+        chunk takes the positions the first chunk has (its own positions are left as they are).
+
+        The base positions are the caller's (generation passes mask cumsum - 1, continued step
+        by step) or, without them, 0..L-1 as the LM itself would take (training and scoring).
+        """
+        base = kwargs.get("position_ids")
+        if base is None:
+            cache = kwargs.get("cache", kwargs.get("past_key_values"))
+            past = cache.get_seq_length() if incremental else 0
+            base = (torch.arange(ids.shape[1], device=ids.device) + past).expand_as(ids)
+        if incremental:  # no new images are generated: the offset of the last chunk holds
+            return base - state["offset"].unsqueeze(1)
+        is_image = ids == self.image_token_id
+        big = torch.iinfo(base.dtype).max
+        first = torch.where(is_image, base, big).min(dim=1).values  # (B,) first image's position
+        at_image = torch.where(is_image, base, torch.full_like(base, -1))
+        latest = torch.cummax(at_image, dim=1).values  # (B, L): position of the latest image
+        offset = torch.where(latest >= 0, latest - first.unsqueeze(1), torch.zeros_like(base))
+        state["offset"] = offset[:, -1]
+        return base - offset
 
     @staticmethod
     def _xattn_hook(xattn: nn.Module, media: torch.Tensor, state: dict):
