@@ -185,3 +185,17 @@ def _check_same_base(model: LVLM, meta: dict, base_hash: Optional[str], folder: 
     if base_hash and want.get("sha256") and want["sha256"] != base_hash:
         raise CheckpointError(f"{folder} was tuned on base weights {want['sha256'][:12]}, but the given "
                               f"base has {base_hash[:12]}; use --base {want.get('path')}")
+
+
+def shards_fingerprint(folder: Path, shards) -> str:
+    """sha256 of ``folder/config.json`` and each shard's name, size, first and last MiB: a
+    fingerprint of large (sharded) weights that does not read tens of GB."""
+    h = hashlib.sha256((Path(folder) / "config.json").read_bytes())
+    for shard in shards:
+        size = shard.stat().st_size
+        h.update(f"{shard.name}:{size}".encode())
+        with open(shard, "rb") as f:
+            h.update(f.read(1 << 20))
+            f.seek(max(0, size - (1 << 20)))
+            h.update(f.read(1 << 20))
+    return h.hexdigest()

@@ -24,7 +24,6 @@ source folder is refused.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from ..config import check_range, config_from_dict
 from ..data.template import ANSWER_TOKEN, END_OF_CHUNK, IMAGE_TOKEN
 from ..errors import CheckpointError, ConfigError
 from ..io import atomic_path, provenance
+from .checkpoint import shards_fingerprint
 from .embedded import LM_FAMILIES, EmbeddedConfig, EmbeddedFlamingo
 from .hf_lvlm import quiet_transformers
 
@@ -91,15 +91,7 @@ def read_recipe(path: str | Path) -> ComposeRecipe:
 def source_fingerprint(folder: str | Path) -> str:
     """sha256 of config.json and every ``*.safetensors`` file's name, size, first and last MiB."""
     folder = Path(folder)
-    h = hashlib.sha256((folder / "config.json").read_bytes())
-    for shard in sorted(folder.glob("*.safetensors")):
-        size = shard.stat().st_size
-        h.update(f"{shard.name}:{size}".encode())
-        with open(shard, "rb") as f:
-            h.update(f.read(1 << 20))
-            f.seek(max(0, size - (1 << 20)))
-            h.update(f.read(1 << 20))
-    return h.hexdigest()
+    return shards_fingerprint(folder, sorted(folder.glob("*.safetensors")))
 
 
 def _check_folder(folder: str, what: str) -> Path:

@@ -12,7 +12,6 @@ Every loader returns the model with its weights loaded.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -20,7 +19,8 @@ from typing import Callable, Optional
 from ..config import config_from_dict
 from ..errors import CheckpointError
 from ..registry import Registry
-from .checkpoint import BASE_WEIGHTS, file_sha256, load_base_weights, load_tuned, read_base_config
+from .checkpoint import (BASE_WEIGHTS, file_sha256, load_base_weights, load_tuned, read_base_config,
+                         shards_fingerprint)
 from .lvlm import LVLM
 
 FAMILIES: Registry[Callable[[Path, dict], LVLM]] = Registry("model family")
@@ -126,15 +126,7 @@ def base_fingerprint(folder: Path) -> str:
     if not shards:
         raise CheckpointError(f"{folder}: no *.safetensors weights (robustit never loads pickled "
                               f"weights; convert them with `safetensors` first)")
-    h = hashlib.sha256((folder / "config.json").read_bytes())
-    for shard in shards:
-        size = shard.stat().st_size
-        h.update(f"{shard.name}:{size}".encode())
-        with open(shard, "rb") as f:
-            h.update(f.read(1 << 20))
-            f.seek(max(0, size - (1 << 20)))
-            h.update(f.read(1 << 20))
-    return h.hexdigest()
+    return shards_fingerprint(folder, shards)
 
 
 def load_base(path: Optional[str] = None) -> tuple[LVLM, BaseInfo]:
