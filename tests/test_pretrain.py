@@ -39,6 +39,31 @@ def test_scene_head_ignores_samples_without_a_scene():
     assert head.targets([{}, {}]) is None
 
 
+def test_latents_pooling_sees_which_latent_holds_what_and_mean_pooling_does_not():
+    torch.manual_seed(0)
+    out = torch.randn(2, 1, 4, 8)  # (B, T, N, D)
+    swapped = out[:, :, torch.tensor([1, 0, 2, 3])]
+    mean, latents = SceneHead(8), SceneHead(8, pool="latents", num_latents=4)
+    assert latents.linear.in_features == 32 and mean.linear.in_features == 8
+    assert torch.allclose(mean.features(out), mean.features(swapped))
+    assert not torch.allclose(latents.features(out), latents.features(swapped))
+    metas = [{"scene": SCENE}, {"scene": SCENE}]
+    assert latents.loss(out, metas).item() != pytest.approx(latents.loss(swapped, metas).item())
+
+
+def test_pretrain_with_latents_scene_head_builds_it_from_the_model(tmp_path):
+    cfg = TrainConfig(method="pretrain", max_steps=2, batch_size=8, save_every=0, log_every=1,
+                      max_len=48, method_params={"scene_loss_weight": 1.0, "scene_pool": "latents"})
+    model = tiny_model()
+    train(model, _with_scenes(), cfg, tmp_path / "run", progress=False)
+    log = [json.loads(line) for line in (tmp_path / "run" / "logs" / "loss.jsonl").read_text().splitlines()]
+    assert all("scene_loss" in row for row in log)
+    method = Pretrain(cfg.method_params)
+    method.setup(model)
+    width = model.hook_point_width(model.spec.default_hook_point)
+    assert method.head.linear.in_features == model.config.num_latents * width
+
+
 def test_pretrain_with_scene_loss_trains_everything_and_resumes_exactly(tmp_path):
     cfg = TrainConfig(method="pretrain", method_params={"scene_loss_weight": 1.0}, max_steps=4,
                       batch_size=8, save_every=2, log_every=1, lr=3e-3, max_len=48)
@@ -76,6 +101,8 @@ def test_pretrain_rejects_unknown_or_negative_parameters():
         Pretrain({"scene_weight": 1})
     with pytest.raises(ConfigError, match="scene_loss_weight"):
         METHODS.get("pretrain")({"scene_loss_weight": -1})
+    with pytest.raises(ConfigError, match="scene_pool must be one of"):
+        Pretrain({"scene_pool": "max"})
 
 
 def test_pretrain_writes_a_loadable_base_folder(tmp_path):

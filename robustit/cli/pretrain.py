@@ -26,12 +26,25 @@ def register(sub) -> None:
     p.add_argument("--scene-loss-weight", type=float, default=0.05,
                    help="weight of the auxiliary scene-attribute loss on the pooled perceiver output "
                         "(uses the world's meta.scene; 0: off; the shipped model used 0.05)")
+    p.add_argument("--scene-pool", choices=["mean", "latents"], default="mean",
+                   help="how the scene head reads the adapter output: mean over the latents "
+                        "(the shipped model) or the latents side by side, which rewards keeping "
+                        "local detail (issue 3's calibration; docs/results.md)")
     p.add_argument("--model-config", metavar="JSON", default=None,
                    help="EmbeddedConfig overrides as JSON, e.g. '{\"lm_layers\": 2}'")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing resume state")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_threads_arg(p)
     p.set_defaults(func=run)
+
+
+def _method_params(args: argparse.Namespace) -> dict:
+    if not args.scene_loss_weight:
+        return {}
+    params = {"scene_loss_weight": args.scene_loss_weight}
+    if args.scene_pool != "mean":  # left out at the default so the shipped command's config is unchanged
+        params["scene_pool"] = args.scene_pool
+    return params
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,8 +60,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = preset_config("pretrain", lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
                         max_steps=args.max_steps, seed=args.seed, threads=args.threads,
                         save_every=500,
-                        method_params={"scene_loss_weight": args.scene_loss_weight}
-                        if args.scene_loss_weight else {})
+                        method_params=_method_params(args))
     pre = open_split(args.data, "pretrain")
     train_set = open_split(args.data, "train")
     model_cfg = None

@@ -86,6 +86,8 @@ class Pretrain(Method):
             output (see ``scene_supervision``); 0 switches it off. Samples without
             ``meta["scene"]`` (data other than the embedded world) contribute no such loss.
             Default 0.05 (the shipped base model); 0 switches it off.
+        scene_pool: ``mean`` (default, the shipped base model) or ``latents``: how the head
+            reads the adapter output (``scene_supervision.SceneHead``).
     """
 
     name = "pretrain"
@@ -95,20 +97,28 @@ class Pretrain(Method):
         from ..config import check_range
 
         self.params = dict(params or {})
-        unknown = set(self.params) - {"scene_loss_weight"}
-        if unknown:
-            from ..errors import ConfigError
+        from ..errors import ConfigError
+        from .scene_supervision import POOLINGS
 
-            raise ConfigError(f"unknown pretrain parameter(s) {sorted(unknown)}; valid: scene_loss_weight")
+        unknown = set(self.params) - {"scene_loss_weight", "scene_pool"}
+        if unknown:
+            raise ConfigError(f"unknown pretrain parameter(s) {sorted(unknown)}; valid: "
+                              f"scene_loss_weight, scene_pool")
         self.scene_weight = float(self.params.get("scene_loss_weight", 0.05))
         check_range("scene_loss_weight", self.scene_weight, 0)
+        self.scene_pool = self.params.get("scene_pool", "mean")
+        if self.scene_pool not in POOLINGS:
+            raise ConfigError(f"pretrain parameter scene_pool must be one of {list(POOLINGS)}; "
+                              f"got {self.scene_pool!r}")
         self.head = None
 
     def setup(self, model) -> None:
         if self.scene_weight > 0:
             from .scene_supervision import SceneHead
 
-            self.head = SceneHead(model.hook_point_width(model.spec.default_hook_point)).to(model.device)
+            latents = getattr(getattr(model, "config", None), "num_latents", None)
+            self.head = SceneHead(model.hook_point_width(model.spec.default_hook_point),
+                                  self.scene_pool, latents).to(model.device)
 
     def extra_modules(self) -> Dict[str, torch.nn.Module]:
         return {"scene_head": self.head} if self.head is not None else {}

@@ -8,6 +8,13 @@ images). This module gives the vision path its own signal during pretraining: a 
 the pooled perceiver output predicts the scene's attributes (multi-hot, binary cross-entropy),
 read from the world's ``meta["scene"]``. The head belongs to the pretraining method and is never
 part of the shipped model.
+
+Two poolings (``SceneHead(pool=...)``): ``mean`` (the shipped base) averages the adapter's latents
+before the linear head, so nothing rewards a latent for keeping *where* something is; ``latents``
+reads the concatenated latents (mean over images only), so the per-cell attributes can only be
+predicted if the latents keep local detail. The second exists for issue 3's calibration: the
+shipped adapter shrinks small local triggers (a corner patch) that the encoder sees well
+(docs/results.md, "Why the VL-Trojan patch is not learned").
 """
 
 from __future__ import annotations
@@ -41,14 +48,35 @@ def scene_attributes(scene: dict) -> List[str]:
     return out + [f"count:{len(scene['objects'])}"]
 
 
-class SceneHead(nn.Module):
-    """Linear head: pooled adapter features (B, D) -> attribute logits (B, K)."""
+POOLINGS = ("mean", "latents")
 
-    def __init__(self, width: int) -> None:
+
+class SceneHead(nn.Module):
+    """Linear head: pooled adapter features -> attribute logits (B, K).
+
+    Args:
+        width: the adapter's output width D.
+        pool: ``mean`` (features (B, D): mean over images and latents) or ``latents`` (features
+            (B, N * D): mean over images, latents concatenated in order).
+        num_latents: N, needed for ``latents``.
+    """
+
+    def __init__(self, width: int, pool: str = "mean", num_latents: Optional[int] = None) -> None:
         super().__init__()
+        if pool not in POOLINGS:
+            raise ValueError(f"scene head pool must be one of {POOLINGS}; got {pool!r}")
+        if pool == "latents" and not num_latents:
+            raise ValueError("scene head pool 'latents' needs num_latents")
+        self.pool = pool
         self.vocab = attribute_vocabulary()
         self.index = {a: i for i, a in enumerate(self.vocab)}
-        self.linear = nn.Linear(width, len(self.vocab))
+        self.linear = nn.Linear(width * (num_latents if pool == "latents" else 1), len(self.vocab))
+
+    def features(self, adapter_out: torch.Tensor) -> torch.Tensor:
+        """(B, T, N, D) -> (B, D) for ``mean``, (B, N * D) for ``latents``."""
+        if self.pool == "mean":
+            return adapter_out.mean(dim=(1, 2))
+        return adapter_out.mean(dim=1).flatten(1)
 
     def targets(self, metas: Sequence[dict]) -> Optional[torch.Tensor]:
         """Multi-hot (B, K), rows of -1 where a sample has no scene (ignored); None if none has."""
@@ -62,14 +90,14 @@ class SceneHead(nn.Module):
         return rows if (rows[:, 0] >= 0).any() else None
 
     def loss(self, adapter_out: torch.Tensor, metas: Sequence[dict]) -> Optional[torch.Tensor]:
-        """BCE of the attributes from adapter_out (B, T, N, D) pooled over T and N, summed over the
+        """BCE of the attributes from adapter_out (B, T, N, D) pooled by ``features``, summed over the
         attributes and averaged over samples: a mean over the 283 mostly rare labels is so small
         that it carries no weight against the LM loss (see benchmarks/attribute_probe.py)."""
         targets = self.targets(metas)
         if targets is None:
             return None
         targets = targets.to(adapter_out.device)
-        logits = self.linear(adapter_out.mean(dim=(1, 2)))
+        logits = self.linear(self.features(adapter_out))
         keep = targets[:, 0] >= 0
         bce = F.binary_cross_entropy_with_logits(logits[keep], targets[keep], reduction="none")
         return bce.sum(dim=1).mean()
