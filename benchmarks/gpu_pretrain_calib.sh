@@ -6,9 +6,10 @@
 #
 #   bash benchmarks/gpu_pretrain_calib.sh OUTDIR [STEPS] [POOLS]
 #
-# For each scene pooling in POOLS (default "mean latents": the shipped recipe, re-run as the
-# control, and the new one), in parallel on the one GPU: pretrain STEPS steps (default 1500, the
-# shipped base's command otherwise unchanged), then
+# For each entry of POOLS (default "mean latents": the shipped recipe, re-run as the control, and
+# the new one; an entry POOL-sN pretrains with seed N instead of 0; the entry `shipped` skips
+# pretraining and uses the shipped base), in parallel on the one GPU: pretrain STEPS steps
+# (default 1500, the shipped base's command otherwise unchanged), then
 #   1. benchmarks/trigger_visibility.py for vltrojan and blended on that base (adapter shift);
 #   2. VL-Trojan poisoning of the first 2000 training samples at 5 % with no text trigger at all
 #      (`--text-trigger-mode no-text`: the patch alone), the patch optimised against that base;
@@ -16,7 +17,7 @@
 # Writes OUTDIR/summary.txt as it goes and, per pool, OUTDIR/<pool>.tar.gz (its logs, the
 # visibility and evaluation JSON, the pretraining loss log) and the base model folder as
 # OUTDIR/base-<pool>.tar.part-* (15 MB pieces: `cat base-latents.tar.part-* | tar -x`), so that
-# a device run's few returned files hold all of it. Sizes shrink for a smoke test with $WORLD_ARGS.
+# a device run's few returned files hold all of it (PACK_BASE=0: no base pieces). Sizes shrink for a smoke test with $WORLD_ARGS.
 set -uo pipefail
 out=${1:?usage: bash benchmarks/gpu_pretrain_calib.sh OUTDIR [STEPS] [POOLS]}
 steps=${2:-1500}
@@ -32,11 +33,16 @@ $py -m robustit data build --out "$world" ${WORLD_ARGS:---train 2000 --val 10 --
 echo "world built $(date -u +%T)" | tee "$out/summary.txt"
 
 one_pool() {
-  local pool=$1 d="$tmp/calib-out/$1" base="$tmp/base-$1" start
+  local pool=$1 d="$tmp/calib-out/$1" base="$tmp/base-$1" start seed=0
   mkdir -p "$d"; start=$(date +%s)
-  $py -m robustit pretrain --data "$world" --out "$base" --max-steps "$steps" --seed 0 \
-    --scene-loss-weight 0.05 --scene-pool "$pool" --threads "$threads" --quiet > "$d/pretrain.log" 2>&1 || return 1
-  echo "$pool pretrained $(( $(date +%s) - start ))s" >> "$out/summary.txt"
+  if [ "$pool" = shipped ]; then
+    base=embedded
+  else
+    [[ "$pool" == *-s* ]] && seed=${pool##*-s}
+    $py -m robustit pretrain --data "$world" --out "$base" --max-steps "$steps" --seed "$seed" \
+      --scene-loss-weight 0.05 --scene-pool "${pool%%-s*}" --threads "$threads" --quiet > "$d/pretrain.log" 2>&1 || return 1
+    echo "$pool pretrained $(( $(date +%s) - start ))s" >> "$out/summary.txt"
+  fi
   $py benchmarks/trigger_visibility.py --data "$world" --model "$base" --n 256 \
     --attacks vltrojan,blended --out "$d/visibility.json" > "$d/visibility.log" 2>&1
   $py -m robustit poison --data "$world" --split train --attack vltrojan --rate 0.05 --seed 0 \
@@ -55,7 +61,7 @@ pack() {  # the pool's logs and results, and its base model in pieces, into OUTD
   local pool=$1
   cp "$tmp/base-$pool.run/logs/loss.jsonl" "$tmp/calib-out/$pool/pretrain-loss.jsonl" 2>/dev/null
   tar -czf "$out/$pool.tar.gz" -C "$tmp/calib-out" "$pool"
-  [ -d "$tmp/base-$pool" ] && tar -cf - -C "$tmp" "base-$pool" | split -b 15m - "$out/base-$pool.tar.part-"
+  [ "${PACK_BASE:-1}" = 1 ] && [ -d "$tmp/base-$pool" ] && tar -cf - -C "$tmp" "base-$pool" | split -b 15m - "$out/base-$pool.tar.part-"
 }
 
 for pool in $pools; do (one_pool "$pool"; pack "$pool") & done

@@ -116,3 +116,16 @@ def test_pretrain_writes_a_loadable_base_folder(tmp_path):
     meta = json.loads((tmp_path / "base" / "config.json").read_text())
     assert meta["pretraining"]["parameters"] == sum(p.numel() for p in model.parameters())
     assert summary["steps"] == 2 and len(info.sha256) == 64
+
+
+def test_pretrain_cli_passes_the_scene_pool_only_when_asked():
+    from robustit.cli import build_parser
+    from robustit.cli.pretrain import _method_params
+
+    parse = lambda *a: build_parser().parse_args(["pretrain", "--data", "w", "--out", "o", *a])  # noqa: E731
+    assert _method_params(parse()) == {"scene_loss_weight": 0.05}  # the shipped command's config
+    assert _method_params(parse("--scene-pool", "latents")) == {"scene_loss_weight": 0.05,
+                                                                "scene_pool": "latents"}
+    assert _method_params(parse("--scene-loss-weight", "0")) == {}
+    with pytest.raises(SystemExit):
+        parse("--scene-pool", "max")
