@@ -1,8 +1,8 @@
 #!/bin/bash
-# Issue 3's remaining lever, measured on a GPU machine: does re-pretraining the embedded base with a
-# scene head that reads the adapter's latents side by side (`robustit pretrain --scene-pool
-# latents`) make the VL-Trojan patch implant from the picture alone? (docs/results.md, "Why the
-# VL-Trojan patch is not learned".)
+# Issue 3's remaining lever, measured on a GPU machine: does re-pretraining the embedded base (the
+# shipped recipe, or with `robustit pretrain --scene-pool latents`) make the VL-Trojan patch
+# implant from the picture alone, where the shipped base does not? (docs/results.md,
+# "Re-pretraining the base".)
 #
 #   bash benchmarks/gpu_pretrain_calib.sh OUTDIR [STEPS] [POOLS]
 #

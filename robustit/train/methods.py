@@ -95,11 +95,10 @@ class Pretrain(Method):
 
     def __init__(self, params: Dict | None = None) -> None:
         from ..config import check_range
-
-        self.params = dict(params or {})
         from ..errors import ConfigError
         from .scene_supervision import POOLINGS
 
+        self.params = dict(params or {})
         unknown = set(self.params) - {"scene_loss_weight", "scene_pool"}
         if unknown:
             raise ConfigError(f"unknown pretrain parameter(s) {sorted(unknown)}; valid: "

@@ -12,9 +12,9 @@ part of the shipped model.
 Two poolings (``SceneHead(pool=...)``): ``mean`` (the shipped base) averages the adapter's latents
 before the linear head, so nothing rewards a latent for keeping *where* something is; ``latents``
 reads the concatenated latents (mean over images only), so the per-cell attributes can only be
-predicted if the latents keep local detail. The second exists for issue 3's calibration: the
-shipped adapter shrinks small local triggers (a corner patch) that the encoder sees well
-(docs/results.md, "Why the VL-Trojan patch is not learned").
+predicted if the latents keep local detail. The second was tried for issue 3's calibration (can
+a small corner patch implant?); re-pretrained bases carried the patch with either pooling, so it
+is not what decides that (docs/results.md, "Re-pretraining the base").
 """
 
 from __future__ import annotations
