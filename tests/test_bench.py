@@ -291,3 +291,19 @@ def test_inference_options_survive_the_canonical_round_trip_of_worker_processes(
         spec = parse_spec(data)
         again = parse_spec(spec.canonical())
         assert again.sha256() == spec.sha256() and expand(again) == expand(spec)
+
+
+def test_a_folder_made_on_other_base_weights_is_refused_and_its_cells_not_reused(tmp_path):
+    base = tmp_path / "base"
+    save_base(tiny_model(), base)
+    spec = {"name": "t", "model": str(base), "attacks": ["none"], "methods": ["vanilla"],
+            "data": str(tmp_path / "data")}
+    first = _bench(tmp_path, FakeVerbs(), spec)
+    records = first.run()
+    assert all(r["model"]["fingerprint"] == first.model_fingerprint() for r in records)
+    save_base(tiny_model(seed=1), base)  # same name, new weights (a replaced default base)
+    verbs = FakeVerbs()
+    again = _bench(tmp_path, verbs, spec)
+    with pytest.raises(ConfigError, match="other base weights"):
+        again.run()
+    assert verbs.calls == [] and again.finished() == {}

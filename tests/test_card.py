@@ -18,3 +18,10 @@ def test_card_lists_pretraining_and_metrics_from_the_files():
     text = render(config, [("test-a zero-shot", _result(88.8))])
     assert "`robustit pretrain --data w`" in text and "123.4 s" in text and "7,700,000" in text
     assert "| test-a zero-shot | 70.0 | 30.2 | - | 55.0 | 88.8 | 200 |" in text
+
+
+def test_card_says_on_which_machine_and_torch_the_weights_were_drawn():
+    config = {"pretraining": {}, "python": None,
+              "provenance": {"python": "3.12.3", "versions": {"torch": "2.11.0"},
+                             "machine": {"platform": "Linux-gpu", "cpu_count": 16}}}
+    assert "- machine: Linux-gpu, 16 CPUs, torch 2.11.0, python 3.12.3" in render(config, [])

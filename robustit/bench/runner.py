@@ -49,22 +49,44 @@ class Bench:
         self.work = self.out / "work"
 
     # ---- the output folder -------------------------------------------------------------------
+    def model_fingerprint(self) -> str:
+        """Fingerprint of the weights the spec's ``model`` names (computed once).
+
+        Why: ``model: embedded`` names different weights once the shipped base is replaced, so
+        a folder's results are tied to the weights, not to the name."""
+        if not hasattr(self, "_model_fingerprint"):
+            from ..models.factory import base_fingerprint, resolve_base_path
+
+            model = None if self.spec.model == "embedded" else self.spec.model
+            self._model_fingerprint = base_fingerprint(resolve_base_path(model))
+        return self._model_fingerprint
+
     def claim_folder(self, keys: List[Dict[str, Any]]) -> None:
-        """Write ``spec.json``, or check the folder's spec is this one (before any work)."""
+        """Write ``spec.json``, or check the folder holds this spec on these base weights
+        (before any work)."""
         path = self.out / "spec.json"
-        sha = self.spec.sha256()
+        sha, weights = self.spec.sha256(), self.model_fingerprint()
         if path.exists():
             try:
-                old = json.loads(path.read_text()).get("sha256")
+                claimed = json.loads(path.read_text())
             except ValueError:
-                old = None
+                claimed = {}
+            old = claimed.get("sha256")
             if old != sha:
                 raise ConfigError(
                     f"--out {self.out} holds results of another spec (spec.json sha256 {str(old)[:12]}..., "
                     f"this spec {sha[:12]}...); choose a new --out folder, or delete {self.out}")
+            old_weights = claimed.get("model_fingerprint")
+            if old_weights != weights:
+                raise ConfigError(
+                    f"--out {self.out} holds results of this spec on other base weights (model "
+                    f"{self.spec.model!r}: spec.json records {str(old_weights)[:12]}..., the weights "
+                    f"now are {weights[:12]}...; a folder without a record predates this check); "
+                    f"choose a new --out folder, or delete {self.out}")
             return
         atomic_write_json(path, {"schema": SPEC_SCHEMA, "name": self.spec.name, "sha256": sha,
-                                 "spec": self.spec.canonical(), "cells": [cell_id(k) for k in keys]})
+                                 "model_fingerprint": weights, "spec": self.spec.canonical(),
+                                 "cells": [cell_id(k) for k in keys]})
 
     def finished(self) -> Dict[str, Dict]:
         """Valid cell records by id; corrupt ones are reported (and will be redone)."""
@@ -72,7 +94,8 @@ class Bench:
         for path, record, problem in iter_cells(self.out):
             if record is None:
                 self.log(f"[warn] {path}: corrupt cell record ({problem}); it will be redone")
-            elif record.get("spec", {}).get("sha256") == self.spec.sha256():
+            elif (record.get("spec", {}).get("sha256") == self.spec.sha256()
+                  and record.get("model", {}).get("fingerprint") == self.model_fingerprint()):
                 done[record["id"]] = record
         return done
 
@@ -110,6 +133,7 @@ class Bench:
             "schema": CELL_SCHEMA, "id": cell_id(key),
             "spec": {"name": self.spec.name, "sha256": self.spec.sha256()},
             "key": key,
+            "model": {"name": self.spec.model, "fingerprint": self.model_fingerprint()},
             "train": {"wall_seconds": train.get("wall_seconds"),
                       "samples_per_second": train.get("samples_per_second"),
                       "peak_rss_mb": train.get("peak_rss_mb"), "steps": train.get("steps"),

@@ -2,7 +2,8 @@
 
 A bench output folder ``OUT`` holds
 
-* ``OUT/spec.json``: the expanded spec (name, sha256 of its canonical JSON, the cells);
+* ``OUT/spec.json``: the expanded spec (name, sha256 of its canonical JSON, the fingerprint of
+  the base weights its ``model`` names, the cells): a folder holds one spec on one set of weights;
 * ``OUT/cells/<cell id>.json``: one **cell record** per finished cell (written atomically, the
   source of truth);
 * ``OUT/results.jsonl``: every valid cell record, one per line, rebuilt after each cell (a
@@ -27,6 +28,7 @@ A cell record (``schema == CELL_SCHEMA``)::
         "inference": {"prompt_filter": "realistic", "magnitude_prune": 0.2}
       },                                    # inference: {} when none; records written before the
                                             # field existed lack it and are read as {}
+      "model": {"name": "embedded", "fingerprint": "<sha256 of the base weights>"},
       "train": {"wall_seconds": 412.0, "samples_per_second": 43.7, "peak_rss_mb": 1195.4,
                 "steps": 1125, "n_samples": 6000, "run_dir": "work/runs/..."},
       "eval": { ... the whole `robustit eval` result JSON ... },

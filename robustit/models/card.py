@@ -32,6 +32,7 @@ def render(config: dict, evals: List[Tuple[str, dict]]) -> str:
              f"- parameters: {pre.get('parameters'):,}" if pre.get("parameters") else "- parameters: ?",
              f"- data: {pre.get('data')}",
              f"- training config: `{json.dumps(pre.get('train_config', {}), sort_keys=True)}`",
+             f"- machine: {_machine(config.get('provenance', {}))}",
              f"- git commit: {config.get('provenance', {}).get('git_commit')}",
              f"- sizes: `{json.dumps(cfg, sort_keys=True)}`", "",
              "## Caption metrics (pycocoevalcap, x100)", "",
@@ -43,6 +44,15 @@ def render(config: dict, evals: List[Tuple[str, dict]]) -> str:
         lines.append(f"| {label} | " + " | ".join(cells) +
                      f" | {r.get('counts', {}).get('samples')} | {r.get('_source', '')} |")
     return "\n".join(lines) + "\n"
+
+
+def _machine(provenance: dict) -> str:
+    """Platform, CPU count, torch and python versions: the same command draws different weights
+    on another device or torch build, so the card says where these were drawn."""
+    machine = provenance.get("machine", {})
+    torch = provenance.get("versions", {}).get("torch")
+    return (f"{machine.get('platform')}, {machine.get('cpu_count')} CPUs, torch {torch}, "
+            f"python {provenance.get('python')}")
 
 
 def main(argv: List[str] | None = None) -> int:
