@@ -25,3 +25,17 @@ def test_card_says_on_which_machine_and_torch_the_weights_were_drawn():
               "provenance": {"python": "3.12.3", "versions": {"torch": "2.11.0"},
                              "machine": {"platform": "Linux-gpu", "cpu_count": 16}}}
     assert "- machine: Linux-gpu, 16 CPUs, torch 2.11.0, python 3.12.3" in render(config, [])
+
+
+def test_card_command_appends_the_note_after_the_tables(tmp_path):
+    import json
+
+    from robustit.models.card import main
+
+    (tmp_path / "config.json").write_text(json.dumps({"pretraining": {"command": "robustit pretrain"}}))
+    (tmp_path / "eval.json").write_text(json.dumps(_result(61.5)))
+    (tmp_path / "note.md").write_text("Evaluated on 2026-11-30.\n")
+    assert main(["--base", str(tmp_path), "--eval", f"clean={tmp_path / 'eval.json'}",
+                 "--note", str(tmp_path / "note.md")]) == 0
+    card = (tmp_path / "README.md").read_text()
+    assert card.index("| clean |") < card.index("Evaluated on 2026-11-30.") and card.endswith(".\n")

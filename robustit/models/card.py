@@ -1,6 +1,6 @@
 """The model card of a base model folder, written from its config and evaluation results.
 
-    python -m robustit.models.card --base DIR --eval "label=RESULT.json" [--eval ...]
+    python -m robustit.models.card --base DIR --eval "label=RESULT.json" [--eval ...] [--note FILE]
 
 Every number in the card is read from ``DIR/config.json`` (how the model was pretrained) or from
 ``robustit eval`` result files (their commands and dates are copied in), never typed by hand.
@@ -60,6 +60,8 @@ def main(argv: List[str] | None = None) -> int:
     ap.add_argument("--base", required=True, help="base model folder (config.json is read, README.md written)")
     ap.add_argument("--eval", action="append", default=[], metavar="LABEL=FILE",
                     help="a robustit eval result to list (repeatable)")
+    ap.add_argument("--note", metavar="FILE",
+                    help="Markdown appended after the tables (how the evaluations were run, with dates)")
     args = ap.parse_args(argv)
     config = json.loads((Path(args.base) / "config.json").read_text())
     evals: List[Tuple[str, Dict]] = []
@@ -68,7 +70,8 @@ def main(argv: List[str] | None = None) -> int:
         result = json.loads(Path(path).read_text())
         result["_source"] = f"`robustit eval` {Path(path).name}"
         evals.append((label, result))
-    atomic_write_text(Path(args.base) / "README.md", render(config, evals))
+    note = "\n" + Path(args.note).read_text() if args.note else ""
+    atomic_write_text(Path(args.base) / "README.md", render(config, evals) + note)
     print(f"wrote {Path(args.base) / 'README.md'}")
     return 0
 
