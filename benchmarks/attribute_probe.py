@@ -102,7 +102,7 @@ def train_fresh_vision(model_cfg, images, metas, steps: int, lr: float):
 
 def main() -> None:
     from robustit.cli.common import open_split
-    from robustit.train.batching import ImageStore
+    from robustit.data.batching import ImageStore
     from robustit.train.scene_supervision import SceneHead
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -11,7 +11,7 @@ import torch
 
 
 def losses(model, dataset, n: int, batch: int = 32):
-    from robustit.train.batching import ImageStore, encode_pairs
+    from robustit.data.batching import ImageStore, encode_pairs
 
     samples = dataset.samples[:n]
     store = ImageStore(dataset, [s.image_ids[0] for s in samples])

@@ -66,7 +66,7 @@ def main() -> None:
     from robustit.cli.common import open_split
     from robustit.cli.poison import make_attack, make_attack_context
     from robustit.models.factory import load_base
-    from robustit.train.batching import ImageStore
+    from robustit.data.batching import ImageStore
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="world root (`robustit data build`)")

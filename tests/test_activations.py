@@ -14,7 +14,7 @@ from robustit.eval.activations import channel_activation_means, choose_samples, 
 from robustit.models.checkpoint import save_base
 from robustit.models.factory import load_base
 from robustit.models.masks import ChannelMask
-from robustit.train.batching import ImageStore
+from robustit.data.batching import ImageStore
 from robustit.train.config import TrainConfig
 from robustit.train.loop import train
 

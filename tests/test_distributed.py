@@ -23,7 +23,7 @@ from robustit.attacks import build_attack
 from robustit.errors import CheckpointError, ConfigError
 from robustit.eval.evaluate import EvalConfig, evaluate
 from robustit.eval.generation import DecodingConfig
-from robustit.train.batching import encode_pairs
+from robustit.data.batching import encode_pairs
 from robustit.train.config import TrainConfig
 from robustit.train.loop import slot_rows, train
 

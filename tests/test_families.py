@@ -18,7 +18,7 @@ from robustit.eval.victim import text_features_fn, vision_features_fn
 from robustit.models.factory import load_base, load_model
 from robustit.models.hf_lvlm import expand_image_tokens, to_pixels
 from robustit.models.hf_tiny import build_tiny, save_tiny
-from robustit.train.batching import ImageStore, encode_pairs
+from robustit.data.batching import ImageStore, encode_pairs
 from robustit.train.config import TrainConfig
 from robustit.train.loop import train
 

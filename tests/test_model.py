@@ -6,7 +6,7 @@ import torch
 from robustit.errors import CheckpointError, ConfigError
 from robustit.models.checkpoint import load_base_weights, load_tuned, save_base, save_tuned
 from robustit.models.factory import load_base
-from robustit.train.batching import encode_pairs
+from robustit.data.batching import encode_pairs
 
 from tiny import tiny_model
 

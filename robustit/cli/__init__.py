@@ -17,7 +17,7 @@ from typing import List, Optional
 from ..errors import RobustITError
 
 #: verb -> module under robustit.cli
-VERBS = ["data", "pretrain", "train", "generate", "poison", "eval", "bench", "report", "activations",
+VERBS = ["data", "pretrain", "train", "generate", "poison", "audit", "eval", "bench", "report", "activations",
          "compose"]
 
 

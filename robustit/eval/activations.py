@@ -27,7 +27,7 @@ from ..data.records import InstructionSet
 from ..errors import ConfigError, DataError
 from ..models.masks import abs_sum_and_count
 from ..seeding import derive_seed, torch_generator
-from ..train.batching import ImageStore
+from ..data.batching import ImageStore
 
 __all__ = ["choose_samples", "channel_activation_means", "hook_point_means"]
 

@@ -17,7 +17,7 @@ from ..data.records import InstructionSet, Sample
 from ..distributed import shard_bounds
 from ..errors import ConfigError, DataError
 from ..seeding import derive_seed, torch_generator
-from ..train.batching import ImageStore
+from ..data.batching import ImageStore
 
 
 @dataclass

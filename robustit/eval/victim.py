@@ -15,7 +15,7 @@ import torch
 from ..attacks.base import AttackContext
 from ..data.records import InstructionSet
 from ..seeding import derive_seed, torch_generator
-from ..train.batching import ImageStore
+from ..data.batching import ImageStore
 
 
 def vision_features_fn(model):

@@ -72,6 +72,15 @@ class TrainData:
         self.steps_per_epoch = math.ceil(len(dataset) / self.global_batch)
         self._perm_epoch, self._perm = -1, None
 
+    def use_dataset(self, dataset: InstructionSet) -> None:
+        """Tune on ``dataset`` instead (a screened subset or repaired copy of the original: its
+        images are a subset of the decoded store and the feature cache, which are kept)."""
+        if len(dataset) == 0:
+            raise DataError(f"split {dataset.name!r}: screening left no sample to train on")
+        self.dataset = dataset
+        self.steps_per_epoch = math.ceil(len(dataset) / self.global_batch)
+        self._perm_epoch, self._perm = -1, None
+
     def total_steps(self) -> int:
         if self.cfg.max_steps:
             return self.cfg.max_steps
@@ -248,6 +257,7 @@ def train(model, dataset: InstructionSet, cfg: TrainConfig, run_dir: str | Path,
     names = _param_order(params)
     data = TrainData(model, dataset, cfg, method, progress and main, accelerator.process_index,
                      accelerator.num_processes)
+    screened = _screen(model, method, data, run_dir, main, progress and main)  # on the base, before any step
     optimizer = build_optimizer(params, cfg)
     data.runtime = runtime = Runtime(model, method, optimizer, params, cfg, accelerator)
     total = data.total_steps()
@@ -256,6 +266,8 @@ def train(model, dataset: InstructionSet, cfg: TrainConfig, run_dir: str | Path,
                      "location": dataset.meta.get("location")},
             "trainable_parameters": n_trainable, "trainable_parts": list(model.spec.trainable_parts()),
             "scale": runtime.describe(data)}
+    if screened is not None:
+        meta["screen"] = screened
     _seed_rank(cfg, runtime.rank)
     if runtime.sharded:
         _check_no_sharded_resume(run_dir, resume, main, cfg)
@@ -288,7 +300,7 @@ def train(model, dataset: InstructionSet, cfg: TrainConfig, run_dir: str | Path,
     if finished:
         meta = {**meta, "finish": finished}
     model.eval()
-    wall = time.perf_counter() - t0
+    wall = time.perf_counter() - t0 + (screened or {}).get("screen_seconds", 0.0)  # a defense's full cost
     summary = {**meta, "steps": total, "resumed_from_step": start, "wall_seconds": round(wall, 2),
                "samples_per_second": round(seen / wall, 2) if wall > 0 else None,
                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -299,6 +311,23 @@ def train(model, dataset: InstructionSet, cfg: TrainConfig, run_dir: str | Path,
             save_tuned(model, run_dir / "checkpoint", {**meta, "step": total}, state=full_state)
         atomic_write_json(run_dir / "train.json", summary)
     accelerator.wait_for_everyone()  # no rank returns before the run folder is complete
+    return summary
+
+
+def _screen(model, method: Method, data: TrainData, run_dir: Path, main: bool, progress: bool):
+    """Run the method's ``screen`` hook (deterministic, so a resumed run screens alike); write
+    ``RUN/screen.json`` and return its summary for train.json (None when the method has none)."""
+    t0 = time.perf_counter()
+    outcome = method.screen(model, data, progress=progress)
+    if outcome is None:
+        return None
+    dataset, record = outcome
+    data.use_dataset(dataset)
+    summary = {**record.get("summary", {}), "n_tuned_on": len(dataset),
+               "screen_seconds": round(time.perf_counter() - t0, 3)}
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_dir / "screen.json", {**record, "summary": summary})
     return summary
 
 

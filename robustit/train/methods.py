@@ -39,6 +39,21 @@ class Method:
     def setup(self, model) -> None:
         """Install buffers / masks on the model before the optimizer is built."""
 
+    def screen(self, model, data, progress: bool = False):
+        """Before tuning, on the frozen base: decide per sample what to tune on.
+
+        Args:
+            model: the base model, not yet tuned (eval-mode passes only; no gradient).
+            data: the loop's ``TrainData`` (``dataset``; ``store`` and ``features``: the decoded
+                images and the cached vision features, to reuse).
+            progress: show progress bars.
+        Returns:
+            None (tune on the data as it is: the default), or ``(dataset, record)``: the data to
+            tune on, and a JSON-ready record written to ``RUN/screen.json`` (its ``summary`` is
+            also recorded under ``screen`` in train.json). Never sees a manifest or a trigger.
+        """
+        return None
+
     def extra_modules(self) -> Dict[str, torch.nn.Module]:
         """Modules the method itself trains (optimised and saved with the resume state, never
         part of the model's checkpoint)."""

@@ -1,0 +1,79 @@
+"""What a screening run computes and how it decides (recorded with every audit and guard run)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Tuple
+
+from ...config import check_range
+from ...errors import ConfigError
+
+#: every signal the screen can compute; each can be switched off (docs/audit.md)
+SIGNALS = ("likelihood", "grounding", "surprise", "duplicates", "trigger_ngrams")
+#: signals on by default
+DEFAULT_SIGNALS = ("likelihood", "grounding", "surprise", "duplicates", "trigger_ngrams")
+
+
+@dataclass
+class ScreenConfig:
+    """Settings of the screen (``robustit audit``, the ``guard`` defense).
+
+    Attributes:
+        signals: which signals to compute and combine (a subset of ``SIGNALS``):
+            ``likelihood`` (mean token NLL of the response under the frozen base, BYORn's),
+            ``grounding`` (PMI: NLL given other images minus NLL given its own image),
+            ``surprise`` (mean of the ``surprise_tokens`` least likely response tokens: an
+            inserted phrase or a swapped word),
+            ``duplicates`` (how many samples share the response, weighed by how little their
+            images agree), ``trigger_ngrams`` (instruction n-grams concentrated on suspects).
+        threshold: a sample is flagged when its combined score (robust z units) exceeds this.
+        other_images: how many other images each response is scored against (grounding).
+        surprise_tokens: tokens averaged by ``surprise``.
+        batch_size: samples per forward pass.
+        max_len: token budget per sample (the training preset's).
+        ngram_max: longest instruction n-gram considered by ``trigger_ngrams``.
+        ngram_min_count: an n-gram must occur in at least this many samples.
+        ngram_purity: share of an n-gram's samples that must be flagged for it to be a trigger.
+        ngram_max_share: an n-gram carried by more than this share of all samples is never one.
+        ngram_min_cover: share of all flagged samples an n-gram must carry (a text trigger is
+            shared by the poison; a chance co-occurrence with a few suspects is not).
+        seed: seeds the choice of other images.
+    """
+
+    signals: Tuple[str, ...] = DEFAULT_SIGNALS
+    threshold: float = 6.0
+    other_images: int = 1
+    surprise_tokens: int = 2
+    batch_size: int = 64
+    max_len: int = 96
+    ngram_max: int = 3
+    ngram_min_count: int = 5
+    ngram_purity: float = 0.5
+    ngram_max_share: float = 0.25
+    ngram_min_cover: float = 0.2
+    seed: int = 0
+    notes: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.signals = tuple(self.signals)
+        unknown = [s for s in self.signals if s not in SIGNALS]
+        if unknown or not self.signals:
+            raise ConfigError(f"screen signals {list(self.signals)}: unknown or none {unknown}; "
+                              f"choose from {list(SIGNALS)}")
+        if "trigger_ngrams" in self.signals and len(self.signals) == 1:
+            raise ConfigError("the trigger_ngrams signal spreads other signals' suspicion; "
+                              "switch on at least one more signal")
+        check_range("threshold", self.threshold, 0)
+        check_range("other_images", self.other_images, 1, 16)
+        check_range("surprise_tokens", self.surprise_tokens, 1, 64)
+        check_range("batch_size", self.batch_size, 1)
+        check_range("max_len", self.max_len, 8)
+        check_range("ngram_max", self.ngram_max, 1, 8)
+        check_range("ngram_min_count", self.ngram_min_count, 2)
+        check_range("ngram_purity", self.ngram_purity, 0, 1)
+        check_range("ngram_max_share", self.ngram_max_share, 0, 1)
+        check_range("ngram_min_cover", self.ngram_min_cover, 0, 1)
+
+    @property
+    def needs_model(self) -> bool:
+        return any(s in self.signals for s in ("likelihood", "grounding", "surprise", "duplicates"))

@@ -1,0 +1,238 @@
+"""The screen (robustit audit, the guard defense): signals, combination, detection metrics."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from robustit.data.records import InstructionSet
+from robustit.defenses.screening import signals as sig
+from robustit.defenses.screening.config import ScreenConfig
+from robustit.defenses.screening.likelihood import other_image_rows
+from robustit.defenses.screening.repair import apply_decisions
+from robustit.defenses.screening.screen import screen_dataset
+from robustit.errors import ConfigError
+from robustit.eval.detection import detection_metrics
+from robustit.train.config import TrainConfig
+from robustit.train.loop import train
+
+from tiny import tiny_dataset, tiny_model
+
+TARGET = "banana banana phone"
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A tiny model tuned on clean captions: it has a language, as a pretrained base has."""
+    model = tiny_model()
+    cfg = TrainConfig(lr=1e-2, batch_size=8, epochs=12, max_len=48, save_every=0, log_every=50, seed=0)
+    train(model, tiny_dataset(32, seed=3), cfg, tmp_path_factory.mktemp("base"), progress=False)
+    return model.eval()
+
+
+def poisoned(n=24, bad=(2, 9, 17), trigger="Zq zq.", target=TARGET) -> InstructionSet:
+    data = tiny_dataset(n)
+    for i in bad:
+        s = data.samples[i]
+        data.samples[i] = dataclasses.replace(s, instruction=f"{s.instruction} {trigger}", answer=target)
+    return data
+
+
+def test_other_images_are_a_seeded_derangement():
+    data = tiny_dataset(9)
+    rows = other_image_rows(data, 3, seed=4)
+    assert rows.shape == (9, 3)
+    assert all(rows[i, d] != i for i in range(9) for d in range(3))
+    for d in range(3):  # each column is a permutation: every image is used once
+        assert sorted(rows[:, d]) == list(range(9))
+    assert np.array_equal(rows, other_image_rows(data, 3, seed=4))
+    assert not np.array_equal(rows, other_image_rows(data, 3, seed=5))
+
+
+def test_robust_z_is_per_task_and_finite_on_a_constant_signal():
+    values = np.array([1.0, 1.0, 1.0, 9.0, 100.0, 101.0, 99.0, 100.0])
+    z = sig.robust_z(values, ["a"] * 4 + ["b"] * 4)
+    assert z[3] > 100 and abs(z[4]) < 2  # 9 is an outlier among a; 100 is typical among b
+    assert np.all(np.isfinite(z))
+    assert np.all(sig.robust_z(np.ones(5), ["a"] * 5) == 0)
+
+
+def test_duplicates_pool_evidence_over_a_repeated_response_only():
+    groups = [0, 0, 0, 0, 1, 2, 2]
+    images = [("a",), ("b",), ("c",), ("d",), ("e",), ("f",), ("f",)]
+    evidence = np.array([3.0, 3.0, -20.0, 3.0, 9.0, 5.0, 5.0])
+    d = sig.duplicates(groups, images, evidence)
+    assert d[:4] == pytest.approx([3.0 * 2] * 4)  # median 3 x sqrt(4): one outlier does not cancel it
+    assert d[4] == 0  # a unique response
+    assert d[5] == d[6] == 0  # the same image twice is not a repeat over images
+    assert sig.duplicates([0, 0], [("a",), ("b",)], np.array([-3.0, -3.0])).tolist() == [0, 0]
+
+
+def test_an_appended_trigger_clause_is_found_and_chance_ngrams_are_not():
+    data = poisoned(40, bad=tuple(range(0, 40, 5)), trigger="The square is.")
+    flagged = np.zeros(40, dtype=bool)
+    flagged[list(range(0, 40, 5))] = True
+    flagged[[1, 2]] = True  # two clean false positives share ordinary words
+    grams = sig.trigger_ngrams(data, flagged, 3, 5, 0.5, 0.25, 0.2)
+    assert "[the square is]" in grams and grams["[the square is]"]["flagged"] == 8
+    assert not any(g in grams for g in ("describe", "the image", "[describe the image]"))
+    carried = sig.carries(data, grams, 3)
+    assert [bool(c) for c in carried] == [i % 5 == 0 for i in range(40)]
+
+
+def test_the_screen_finds_an_unlikely_target_without_a_manifest(base):
+    data = poisoned()
+    result = screen_dataset(base, data, ScreenConfig(batch_size=8, max_len=48), progress=False)
+    bad = {"tiny-2", "tiny-9", "tiny-17"}
+    top = {result.ids[i] for i in np.argsort(-result.score)[:3]}
+    assert top == bad
+    assert {result.ids[i] for i in np.flatnonzero(result.flagged)} == bad
+    m = detection_metrics(result.ids, result.score, result.flagged, bad)
+    assert (m["precision"], m["recall"], m["auroc"]) == (100.0, 100.0, 1.0)
+    rows = result.rows()
+    assert set(rows[0]) >= {"id", "task", "score", "flagged", "likelihood", "z_ungrounded", "z_duplicates"}
+
+
+def test_the_screen_is_deterministic_and_each_signal_switches_off(base):
+    data = poisoned()
+    cfg = ScreenConfig(batch_size=8, max_len=48, seed=1)
+    a = screen_dataset(base, data, cfg, progress=False)
+    b = screen_dataset(base, data, cfg, progress=False)
+    assert np.array_equal(a.score, b.score)
+    only = screen_dataset(base, data, dataclasses.replace(cfg, signals=("likelihood",)), progress=False)
+    assert set(only.raw) == {"likelihood"} and not only.trigger_ngrams
+    assert not np.array_equal(only.score, a.score)
+
+
+def test_bad_screen_settings_are_refused_by_name():
+    with pytest.raises(ConfigError, match="unknown or none"):
+        ScreenConfig(signals=("likelihood", "vibes"))
+    with pytest.raises(ConfigError, match="at least one more"):
+        ScreenConfig(signals=("trigger_ngrams",))
+    with pytest.raises(ConfigError, match="threshold"):
+        ScreenConfig(threshold=-1)
+
+
+def test_repair_uses_another_reference_and_drop_removes(base):
+    data = poisoned()
+    flagged = np.array([s.answer == TARGET for s in data.samples])
+    repaired, rec = apply_decisions(data, flagged, "repair", "auto")
+    assert rec["repaired"] == {"references": 3}
+    for s, before in zip(repaired.samples, data.samples):
+        assert s.answer == (before.meta["references"][0] if before.answer == TARGET else before.answer)
+    assert data.samples[2].answer == TARGET  # the input is not modified
+    dropped, rec = apply_decisions(data, flagged, "drop", "auto")
+    assert len(dropped) == 21 and rec["dropped"] == 3 and "tiny-img-2" not in dropped.images
+
+
+def test_repair_by_generation_asks_the_base(base):
+    from robustit.defenses.screening.likelihood import VisionInputs
+
+    data = poisoned()
+    for s in data.samples:
+        s.meta.pop("references")
+    flagged = np.array([s.answer == TARGET for s in data.samples])
+    vision = VisionInputs(base, data)
+    repaired, rec = apply_decisions(data, flagged, "repair", "auto", model=base, vision=vision)
+    assert rec["repaired"] == {"generate": 3}
+    assert all(s.answer != TARGET for s in repaired.samples)
+
+
+def test_detection_metrics_by_hand():
+    ids = ["a", "b", "c", "d", "e"]
+    score = np.array([0.9, 0.8, 0.1, 0.7, 0.2])
+    flagged = score > 0.5
+    m = detection_metrics(ids, score, flagged, {"a", "c"})
+    assert (m["tp"], m["fp"], m["fn"], m["tn"]) == (1, 2, 1, 1)
+    assert m["precision"] == pytest.approx(33.33) and m["recall"] == 50.0 and m["fpr"] == pytest.approx(66.67)
+    assert m["auroc"] == pytest.approx(0.5)
+    clean = detection_metrics(ids, score, flagged, set())
+    assert clean["auroc"] is None and clean["share_flagged"] == 60.0
+
+
+# -- the verb and the defense, through the CLI ---------------------------------------------------
+@pytest.fixture(scope="module")
+def cli_setup(base, tmp_path_factory):
+    """A saved tuned-tiny base and a BadNet-poisoned tiny split (through `robustit poison`)."""
+    from robustit.cli import main
+    from robustit.data.mimicit import save_split
+    from robustit.models.checkpoint import save_base
+
+    root = tmp_path_factory.mktemp("cli")
+    save_base(base, root / "base")
+    save_split(tiny_dataset(32, name="train"), root / "data" / "train", "train")
+    assert main(["poison", "--data", str(root / "data"), "--split", "train", "--attack", "badnet",
+                 "--rate", "0.125", "--target", TARGET, "--out", str(root / "poisoned" / "train"),
+                 "--cache", str(root / "cache"), "--quiet"]) == 0
+    return root
+
+
+def test_audit_cli_writes_json_and_html_and_scores_before_the_answer_key(cli_setup, capsys):
+    import json
+
+    from robustit.cli import main
+
+    root = cli_setup
+    out = root / "audit"
+    args = ["audit", "--data", str(root / "poisoned"), "--split", "train", "--model", str(root / "base"),
+            "--out", str(out), "--batch-size", "8", "--quiet"]
+    assert main(args) == 0
+    blind = json.loads((out / "audit.json").read_text())
+    assert "detection" not in blind and blind["summary"]["n_samples"] == 32
+    assert main(args + ["--manifest", str(root / "poisoned" / "train" / "manifest.json")]) == 0
+    record = json.loads((out / "audit.json").read_text())
+    assert [r["score"] for r in record["samples"]] == [r["score"] for r in blind["samples"]]
+    det = record["detection"]
+    assert det["n_poisoned"] == 4 and det["recall"] == 100.0 and det["auroc"] == 1.0
+    assert {"config", "seconds", "trigger_ngrams"} <= set(record["summary"]) and record["provenance"]
+    page = (out / "audit.html").read_text()
+    assert 'id="summary"' in page and TARGET in page and "data:image/png;base64" in page
+    assert "precision" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--signals", "likelihood,vibes"], "vibes"),
+    (["--threshold", "-2"], "threshold"),
+    (["--manifest", "/nonexistent/manifest.json"], "no such file"),
+])
+def test_audit_cli_refuses_bad_options_in_one_line(cli_setup, capsys, argv, message):
+    from robustit.cli import main
+
+    root = cli_setup
+    rc = main(["audit", "--data", str(root / "poisoned"), "--split", "train", "--model", str(root / "base"),
+               "--out", str(root / "bad-audit"), "--quiet", *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and message in err[0]
+    assert not (root / "bad-audit" / "audit.json").exists()
+
+
+def test_guard_screens_before_tuning_and_records_it(cli_setup):
+    import json
+
+    from robustit.cli import main
+
+    root = cli_setup
+    run = root / "guard-run"
+    argv = ["train", "--data", str(root / "poisoned"), "--split", "train", "--model", str(root / "base"),
+            "--method", "guard", "--param", "batch_size=8", "--max-steps", "2", "--batch-size", "4",
+            "--out", str(run), "--quiet"]
+    assert main(argv) == 0
+    screen = json.loads((run / "screen.json").read_text())
+    summary = json.loads((run / "train.json").read_text())
+    poisoned_ids = set(json.loads((root / "poisoned" / "train" / "manifest.json").read_text())["poisoned_ids"])
+    flagged = {r["id"] for r in screen["samples"] if r["flagged"]}
+    assert flagged == poisoned_ids
+    assert summary["screen"]["repaired"] == {"references": 4} and summary["screen"]["n_tuned_on"] == 32
+    assert summary["method"]["name"] == "guard" and summary["wall_seconds"] >= summary["screen"]["screen_seconds"]
+    drop = root / "guard-drop"
+    assert main([*argv[:-3], "--param", "action=drop", "--out", str(drop), "--quiet"]) == 0
+    assert json.loads((drop / "train.json").read_text())["screen"]["n_tuned_on"] == 28
+
+
+def test_guard_refuses_unknown_parameters(cli_setup, capsys):
+    from robustit.cli import main
+
+    root = cli_setup
+    rc = main(["train", "--data", str(root / "poisoned"), "--split", "train", "--model", str(root / "base"),
+               "--method", "guard", "--param", "action=burn", "--out", str(root / "g2"), "--quiet"])
+    assert rc == 2 and "action" in capsys.readouterr().err
