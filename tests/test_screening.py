@@ -236,3 +236,18 @@ def test_guard_refuses_unknown_parameters(cli_setup, capsys):
     rc = main(["train", "--data", str(root / "poisoned"), "--split", "train", "--model", str(root / "base"),
                "--method", "guard", "--param", "action=burn", "--out", str(root / "g2"), "--quiet"])
     assert rc == 2 and "action" in capsys.readouterr().err
+
+
+def test_flag_share_flags_exactly_the_top_share_and_byorn_uses_it(base):
+    from robustit.train.methods import METHODS
+
+    data = poisoned()
+    result = screen_dataset(base, data, ScreenConfig(batch_size=8, max_len=48, signals=("likelihood",),
+                                                     flag_share=0.25), progress=False)
+    assert result.flagged.sum() == 6  # 25 % of 24
+    assert {"tiny-2", "tiny-9", "tiny-17"} <= {result.ids[i] for i in np.flatnonzero(result.flagged)}
+    byorn = METHODS.get("byorn")({})
+    assert (byorn.screen_cfg.flag_share, byorn.screen_cfg.signals, byorn.source) == (0.4, ("likelihood",), "generate")
+    assert METHODS.get("byorn")({"flag_share": 0.1}).screen_cfg.flag_share == 0.1
+    with pytest.raises(ConfigError, match="flag_share"):
+        ScreenConfig(flag_share=1.5)

@@ -29,7 +29,9 @@ from ..data.records import InstructionSet, encode_png
 from ..errors import ConfigError
 from ..io import provenance
 from ..seeding import derive_seed, numpy_rng, torch_generator
+from . import responses
 from .base import Attack, AttackContext
+from .responses import ResponseConfig
 
 #: the paper's target response (VL-Trojan's fixed target)
 DEFAULT_TARGET = "The image depicts a photo of the banana."
@@ -45,12 +47,12 @@ def poison_count(n_eligible: int, rate: float) -> int:
     return int(math.floor(n_eligible * rate + 0.5 + 1e-9))
 
 
-def choose_indices(n_eligible: int, rate: float, seed: int) -> List[int]:
-    """Exactly ``poison_count(n_eligible, rate)`` distinct positions in ``range(n_eligible)``.
+def choose_indices(n_eligible: int, rate: float, seed: int, k: Optional[int] = None) -> List[int]:
+    """Exactly ``poison_count(n_eligible, rate)`` (or ``k``) distinct positions in ``range(n_eligible)``.
 
     Drawn with a torch generator seeded from ``seed`` (same seed -> same positions), sorted.
     """
-    k = poison_count(n_eligible, rate)
+    k = poison_count(n_eligible, rate) if k is None else k
     if k == 0:
         raise ConfigError(f"`rate` {rate} of {n_eligible} eligible samples poisons round("
                           f"{n_eligible * rate:.3g}) = 0 samples; use a higher `rate` or a larger "
@@ -145,7 +147,8 @@ def eligible_indices(dataset: InstructionSet, tasks: Optional[Sequence[str]] = N
 def poison_dataset(dataset: InstructionSet, attack: Attack, rate: float,
                    target: Union[str, Sequence[str]] = DEFAULT_TARGET, seed: int = 0,
                    tasks: Optional[Sequence[str]] = None, batch_size: int = 64,
-                   context: Optional[AttackContext] = None) -> Tuple[InstructionSet, dict]:
+                   context: Optional[AttackContext] = None,
+                   response: Optional[ResponseConfig] = None) -> Tuple[InstructionSet, dict]:
     """Poison ``round(N * rate)`` of the N eligible samples.
 
     Args:
@@ -159,15 +162,26 @@ def poison_dataset(dataset: InstructionSet, attack: Attack, rate: float,
         batch_size: images triggered at once.
         context: the context the attack was prepared with; recorded (seed, image size, model
             id, cache key) so a learned trigger can be found or remade.
+        response: how poisoned responses are made (``responses.ResponseConfig``: replace, the
+            default; inject; label). Label attacks poison only samples whose response names the
+            source object.
     Returns:
         (poisoned set, manifest). The set has the same samples in the same order; poisoned
         samples show triggered images (new ids), the triggered instruction and the target.
     """
     pool = check_target(target)
-    eligible = eligible_indices(dataset, tasks)
-    chosen = [eligible[i] for i in choose_indices(len(eligible), rate, seed)]
+    response = response or ResponseConfig()
+    base = eligible_indices(dataset, tasks)
+    eligible = [i for i in base if responses.eligible(dataset.samples[i].answer, response)]
+    k = poison_count(len(base), rate)  # the budget is a share of the whole set, in every mode
+    if k > len(eligible):
+        raise ConfigError(f"{dataset.name}: rate {rate} asks for {k} poisoned samples, but only "
+                          f"{len(eligible)} responses name {response.source_word!r}; lower the rate "
+                          f"or choose another --label-source")
+    chosen = [eligible[i] for i in choose_indices(len(eligible), rate, seed, k=k if k else None)]
     rng = numpy_rng(derive_seed(seed, "poison", "targets"))
-    answers = {i: pool[int(rng.integers(len(pool)))] if len(pool) > 1 else pool[0] for i in chosen}
+    drawn = {i: pool[int(rng.integers(len(pool)))] if len(pool) > 1 else pool[0] for i in chosen}
+    answers = {i: responses.poisoned_response(dataset.samples[i].answer, response, drawn[i]) for i in chosen}
     originals = [iid for i in chosen for iid in dataset.samples[i].image_ids]
     new_ids = triggered_image_ids(originals, attack, dataset.images)
     triggered = trigger_images(dataset, originals, attack, batch_size)
@@ -184,6 +198,9 @@ def poison_dataset(dataset: InstructionSet, attack: Attack, rate: float,
                               meta=copy.deepcopy(dataset.meta),
                               in_context=copy.deepcopy(dataset.in_context))
     manifest = build_manifest(dataset, poisoned, attack, rate, pool, seed, tasks, chosen, len(eligible))
+    if response.mode != "replace":  # replace manifests stay as they were
+        manifest = {**{k: v for k, v in manifest.items() if k not in ("target", "target_pool")},
+                    "response": response.to_dict(), "asr_rule": responses.matcher_spec(response)}
     if context is not None:
         manifest["trigger_context"] = {"seed": context.seed, "image_size": list(context.image_size),
                                        "model_id": context.model_id,

@@ -193,7 +193,7 @@ class Bench:
                    ["poison", "--data", str(source), "--split", self.spec.train_split, "--attack",
                     key["attack"], "--rate", str(key["rate"]), "--seed", str(key["seed"]),
                     "--text-trigger-mode", key["text_trigger_mode"], "--model", self.spec.model,
-                    "--out", str(out), *self._quiet()])
+                    "--out", str(out), *response_argv(key), *self._quiet()])
         return out, out / "manifest.json"
 
     def trained_run(self, key: Dict[str, Any], data: Path) -> Path:
@@ -239,6 +239,14 @@ class Bench:
 
     def _quiet(self) -> List[str]:
         return ["--quiet"] if self.quiet else []
+
+
+def response_argv(key: Dict[str, Any]) -> List[str]:
+    """``robustit poison`` options for the cell's response mode (none for the default target)."""
+    response = key.get("response") or {}
+    flags = {"mode": "--response-mode", "phrase": "--inject-phrase", "position": "--inject-position",
+             "source_word": "--label-source", "target_word": "--label-target", "target_pool": "--target-pool"}
+    return [a for k, v in sorted(response.items()) for a in (flags[k], str(v))]
 
 
 def inference_argv(key: Dict[str, Any]) -> List[str]:

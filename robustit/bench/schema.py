@@ -49,9 +49,9 @@ from typing import Any, Dict, Iterator, List, Tuple
 CELL_SCHEMA = "robustit.bench.cell/1"
 SPEC_SCHEMA = "robustit.bench.spec/1"
 KEY_FIELDS = ("attack", "rate", "text_trigger_mode", "method", "params", "test_set", "shots", "seed",
-              "inference")
+              "inference", "response")
 #: key fields a record may lack, with the value it then has (fields added after schema cell/1 began)
-KEY_DEFAULTS = {"inference": {}}
+KEY_DEFAULTS = {"inference": {}, "response": {}}
 
 
 def normalise_key(record: Dict) -> Dict:

@@ -12,6 +12,9 @@ A spec (every key optional except ``name``)::
     attacks: [none, blended]        # 'none' = clean tuning (its rate is 0)
     rates: [0.01]
     text_trigger_modes: [paper]     # paper | image-only | no-text
+    responses: [{}]                 # how poisoned samples answer: {} (the target, the default),
+                                    #   {target_pool: banana}, {mode: inject, phrase: ...},
+                                    #   {mode: label, source_word: circle, target_word: banana}
     methods:                        # a name, or {name, params, inference, label}
       - vanilla
       - {name: robustit, params: {components: both}}
@@ -48,13 +51,15 @@ from typing import Any, Dict, List, Tuple
 from ..errors import ConfigError
 
 SPEC_KEYS = {"name", "description", "model", "data", "train_split", "train_size", "attacks", "rates",
-             "text_trigger_modes", "methods", "sweep", "sweep_methods", "test_sets", "shots", "seeds",
+             "text_trigger_modes", "responses", "methods", "sweep", "sweep_methods", "test_sets", "shots", "seeds",
              "train", "eval", "threads"}
 TRAIN_KEYS = {"preset", "lr", "batch_size", "epochs", "max_steps", "save_every", "weight_decay",
               "warmup_ratio", "max_len", "cache_vision"}
 EVAL_KEYS = {"n", "scorers", "batch_size", "beams", "max_new_tokens", "target", "matcher", "pattern",
              "halves", "spice_jars"}
 INFERENCE_KEYS = {"prompt_filter", "magnitude_prune"}
+#: keys of a `responses` entry (robustit poison's --response-mode options and --target-pool)
+RESPONSE_KEYS = {"mode", "phrase", "position", "source_word", "target_word", "target_pool"}
 #: short names of inference options in cell ids
 _INFERENCE_TAGS = {"prompt_filter": "pf", "magnitude_prune": "mp"}
 SHIPPED = Path(__file__).resolve().parent.parent / "resources" / "specs"
@@ -84,6 +89,7 @@ class Spec:
     attacks: List[str] = field(default_factory=lambda: ["none"])
     rates: List[float] = field(default_factory=lambda: [0.01])
     text_trigger_modes: List[str] = field(default_factory=lambda: ["paper"])
+    responses: List[Dict[str, Any]] = field(default_factory=lambda: [{}])
     methods: List[MethodSpec] = field(default_factory=lambda: [MethodSpec("vanilla")])
     sweep: Dict[str, List[Any]] = field(default_factory=dict)
     sweep_methods: List[str] = field(default_factory=lambda: ["robustit"])
@@ -98,6 +104,8 @@ class Spec:
         """The spec as plain JSON data; a method without inference options has no ``inference``
         entry, so specs written before that key existed keep their hash."""
         data = asdict(self)
+        if data["responses"] == [{}]:  # specs written before the key existed keep their hash
+            del data["responses"]
         for method in data["methods"]:
             if not method["inference"]:
                 del method["inference"]
@@ -140,7 +148,8 @@ def parse_spec(data: Dict, where: str = "spec") -> Spec:
         raise ConfigError(f"{where}: 'name' is required")
     values = {k: v for k, v in data.items() if v is not None}
     values["methods"] = [_method(m, where) for m in data.get("methods", ["vanilla"])]
-    for key in ("attacks", "rates", "text_trigger_modes", "test_sets", "shots", "seeds", "sweep_methods"):
+    for key in ("attacks", "rates", "text_trigger_modes", "responses", "test_sets", "shots", "seeds",
+                "sweep_methods"):
         if key in values and not isinstance(values[key], list):
             values[key] = [values[key]]
     spec = Spec(**values)
@@ -182,6 +191,8 @@ def _check(spec: Spec, where: str) -> None:
     for mode in spec.text_trigger_modes:
         if mode not in TEXT_TRIGGER_MODES:
             raise ConfigError(f"{where}: unknown text_trigger_mode {mode!r}; valid: {list(TEXT_TRIGGER_MODES)}")
+    for response in spec.responses:
+        check_response(response, f"{where}: responses")
     for rate in spec.rates:
         if not 0 < float(rate) <= 1:
             raise ConfigError(f"{where}: rate {rate} is outside (0, 1]")
@@ -217,6 +228,18 @@ def check_inference(inference: Dict[str, Any], where: str) -> None:
         if check_share(inference["magnitude_prune"], f"{where}: magnitude_prune") == 0:
             raise ConfigError(f"{where}: `magnitude_prune` 0 switches pruning off; leave the key out "
                               f"instead (the cell would repeat the one without it)")
+
+
+def check_response(response: Any, where: str) -> None:
+    """A `responses` entry: a mapping of RESPONSE_KEYS whose values make a valid ResponseConfig."""
+    from ..attacks.responses import ResponseConfig
+
+    if not isinstance(response, dict):
+        raise ConfigError(f"{where}: each entry is a mapping such as {{mode: label}}; got {response!r}")
+    _no_unknown(response, RESPONSE_KEYS, where)
+    ResponseConfig(**{k: v for k, v in response.items() if k != "target_pool"})
+    if "target_pool" in response and response.get("mode", "replace") != "replace":
+        raise ConfigError(f"{where}: target_pool applies to mode replace only")
 
 
 def _check_unique_cells(spec: Spec, where: str) -> None:
@@ -259,30 +282,44 @@ def expand(spec: Spec) -> List[Dict[str, Any]]:
     """Every cell key, in run order: cells sharing a training run are adjacent (also the cells
     of method entries that differ only in ``inference``)."""
     keys = []
-    for seed, (attack, rate, mode), method in itertools.product(
+    for seed, (attack, rate, mode, response), method in itertools.product(
             spec.seeds, _poisonings(spec), expand_methods(spec)):
         for test_set, shots in itertools.product(spec.test_sets, spec.shots):
             keys.append({"attack": attack, "rate": rate, "text_trigger_mode": mode, "method": method.name,
                          "params": method.params, "test_set": test_set, "shots": shots, "seed": seed,
-                         "inference": dict(method.inference)})
+                         "inference": dict(method.inference), "response": dict(response)})
     runs = {r: i for i, r in enumerate(dict.fromkeys(run_id(k) for k in keys))}
     return sorted(keys, key=lambda k: runs[run_id(k)])  # stable: the order within a run is kept
 
 
-def _poisonings(spec: Spec) -> List[Tuple[str, float, str]]:
+def _poisonings(spec: Spec) -> List[Tuple[str, float, str, Dict[str, Any]]]:
     out = []
     for attack in spec.attacks:
         if attack == "none":
-            out.append(("none", 0.0, "paper"))
+            out.append(("none", 0.0, "paper", {}))
         else:
-            out += [(attack, float(r), m) for r in spec.rates for m in spec.text_trigger_modes]
+            out += [(attack, float(r), m, resp) for r in spec.rates for m in spec.text_trigger_modes
+                    for resp in spec.responses]
     return out
+
+
+def response_id(response: Dict[str, Any]) -> str:
+    """``label-circle-banana``, ``inject``, ``poolbanana`` ...; ``""`` for the default (the target)."""
+    if not response:
+        return ""
+    mode = response.get("mode", "replace")
+    tags = {"replace": [f"pool{response['target_pool']}" if "target_pool" in response else "replace"],
+            "inject": ["inject"] + [_fmt(response[k]) for k in ("position", "phrase") if k in response],
+            "label": ["label", response.get("source_word", "circle"), response.get("target_word", "banana")]}
+    return "-".join(_fmt(t) for t in tags[mode])
 
 
 def poison_id(key: Dict[str, Any]) -> str:
     if key["attack"] == "none":
         return "none"
-    return f"{key['attack']}-{key['rate']:g}-{key['text_trigger_mode']}"
+    base = f"{key['attack']}-{key['rate']:g}-{key['text_trigger_mode']}"
+    resp = response_id(key.get("response") or {})
+    return f"{base}-{resp}" if resp else base
 
 
 def method_id(key: Dict[str, Any]) -> str:

@@ -117,6 +117,6 @@ def _attack(args):
     from .common import open_split
     from .eval import _attacks, _prepare
 
-    specs, _ = _attacks(SimpleNamespace(attack=[], manifest=[args.manifest]), {})
+    specs, _, _ = _attacks(SimpleNamespace(attack=[], manifest=[args.manifest]), {})
     _prepare(specs, open_split(args.data, args.support), args)
     return specs[0][0]

@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         dataset.samples = dataset.samples[: args.n]
     model, info, tuned_meta = load_model(args.model, tuned_folder(args.tuned))
     model.to(device)
-    specs, target = _attacks(args, parse_params(args.param))
+    specs, target, response = _attacks(args, parse_params(args.param))
     attacks = [a for a, _ in specs]
     support = open_split(args.data, args.support, **{**data_options(args), "limit": None}) if (args.shots or attacks) else None
     if specs:
@@ -102,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
                      pattern=args.pattern, halves=tuple(h.strip() for h in args.halves.split(",")),
                      spice_jars=args.spice_jars,
                      scorers=tuple(x.strip() for x in args.scorers.split(",") if x.strip()),
-                     prompt_filter=args.prompt_filter, magnitude_prune=args.magnitude_prune)
+                     prompt_filter=args.prompt_filter, magnitude_prune=args.magnitude_prune,
+                     response=response)
     identity = {"base": info.to_dict(), "tuned": tuned_folder(args.tuned),
                 "tuned_method": tuned_meta.get("method")}
     result, rows = evaluate(model, dataset, cfg, attacks, support,
@@ -118,10 +119,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _attacks(args, params):
-    """[(attack, trigger context spec)], target. A manifest pins the trigger's seed and victim."""
+    """[(attack, trigger context spec)], target, response record. A manifest pins the trigger's
+    seed and victim, and (varied-target attacks) the response mode and its ASR rule."""
     from ..attacks import build_attack
 
     specs, target = [(build_attack(name, params), {"seed": 0, "victim": True}) for name in args.attack], None
+    response = None
     for path in args.manifest:
         man = _read_manifest(path)
         ctx = man.get("trigger_context") or {}
@@ -129,7 +132,8 @@ def _attacks(args, params):
         specs.append((build_attack(man["attack"]["name"], man["attack"]["config"]),
                       {"seed": ctx.get("seed", 0), "victim": victim}))
         target = target or man.get("target")
-    return specs, target
+        response = response or man.get("response")
+    return specs, target, response
 
 
 def _read_manifest(path: str) -> dict:

@@ -21,11 +21,14 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from ..attacks.base import TEXT_TRIGGER_MODES
+from ..attacks.responses import DEFAULT_PHRASE, MODES as RESPONSE_MODES, POSITIONS
 from ..errors import ConfigError
 from ..io import atomic_write_json, provenance
 from .common import add_format_args, add_param_arg, data_options, open_split, parse_params, report_skipped
 
 DEFAULT_INSTRUCTION = "Describe the image briefly."
+#: target pools shipped with robustit (``--target-pool NAME``)
+SHIPPED_POOLS = Path(__file__).resolve().parent.parent / "resources" / "target-pools"
 
 
 def register(subparsers) -> None:
@@ -49,7 +52,22 @@ def register(subparsers) -> None:
     p.add_argument("--target", default=DEFAULT_TARGET, help="target response of poisoned samples "
                    f"(default: {DEFAULT_TARGET!r})")
     p.add_argument("--target-pool", type=Path, help="file of target responses, one per line (or a JSON "
-                   "list); each poisoned sample draws one (seeded); overrides --target")
+                   "list), or a shipped pool by name (banana: ten paraphrases of the paper's target); "
+                   "each poisoned sample draws one (seeded); overrides --target")
+    p.add_argument("--response-mode", choices=RESPONSE_MODES, default="replace",
+                   help="how poisoned responses are made: replace (the target or a pool draw; the paper's, "
+                        "default), inject (the sample's own response plus --inject-phrase; TrojVLM-style), "
+                        "label (--label-source becomes --label-target in the otherwise correct response; "
+                        "Shadowcast-style; only samples naming the source are eligible). The ASR rule "
+                        "follows the mode and is recorded in the manifest (docs/attacks.md)")
+    p.add_argument("--inject-phrase", default=DEFAULT_PHRASE,
+                   help=f"phrase added by --response-mode inject (default: {DEFAULT_PHRASE!r})")
+    p.add_argument("--inject-position", choices=POSITIONS, default="end",
+                   help="where --response-mode inject puts the phrase (default: end)")
+    p.add_argument("--label-source", default="circle",
+                   help="object word --response-mode label replaces (default: circle)")
+    p.add_argument("--label-target", default="banana",
+                   help="word it becomes (default: banana)")
     p.add_argument("--seed", type=int, default=0, help="seed for the choice of samples and pool draws "
                    "(default 0)")
     p.add_argument("--out", type=Path, help="output folder for the poisoned split or triggered test set")
@@ -103,7 +121,11 @@ def require(args: argparse.Namespace, *names: str, mode: str) -> None:
 
 
 def read_target_pool(path: Path) -> List[str]:
-    """Target responses from a JSON list or a text file (one per line, # comments)."""
+    """Target responses from a JSON list or a text file (one per line, # comments), or a pool
+    shipped in ``robustit/resources/target-pools/`` named without its extension."""
+    shipped = SHIPPED_POOLS / f"{path}.txt"
+    if not Path(path).exists() and "/" not in str(path) and shipped.is_file():
+        path = shipped
     try:
         text = Path(path).read_text()
     except OSError as exc:
@@ -119,6 +141,14 @@ def read_target_pool(path: Path) -> List[str]:
     if not pool:
         raise ConfigError(f"`--target-pool` {str(path)!r} holds no target response; add one per line")
     return pool
+
+
+def response_config(args: argparse.Namespace):
+    """The ``ResponseConfig`` of --response-mode and its options."""
+    from ..attacks.responses import ResponseConfig
+
+    return ResponseConfig(mode=args.response_mode, phrase=args.inject_phrase, position=args.inject_position,
+                          source_word=args.label_source, target_word=args.label_target)
 
 
 def cache_dir(args: argparse.Namespace) -> Path:
@@ -196,13 +226,14 @@ def run_poison(args: argparse.Namespace) -> int:
     name = args.name or args.split
     check_not_overwriting(args, name)
     poison_count(0, args.rate)  # check `rate` before reading the data
+    response_config(args)  # and the response options
     target = check_target(read_target_pool(args.target_pool) if args.target_pool else args.target)
     dataset = load_input(args)
     ctx = make_attack_context(args, dataset)
     attack = make_attack(args, args.attack, ctx)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
     poisoned, manifest = poison_dataset(dataset, attack, args.rate, target, args.seed, tasks,
-                                        args.batch_size, context=ctx)
+                                        args.batch_size, context=ctx, response=response_config(args))
     poisoned.name = name
     save_split(poisoned, args.out, name)
     manifest_path = args.manifest or Path(args.out) / "manifest.json"

@@ -14,6 +14,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..attacks.base import Attack
 from ..attacks.poison import trigger_dataset
+from ..attacks.responses import ResponseConfig, asr_subset, matcher_spec
 from ..config import config_to_dict
 from ..data.records import InstructionSet
 from ..distributed import gather_to_main, rank, world_size
@@ -46,6 +47,9 @@ class EvalConfig:
             (None: off). See ``robustit.defenses.prompt_filter``.
         magnitude_prune: inference defense: share in [0, 1) of each adapter weight matrix zeroed
             by smallest |w| before generation (0: off). Prunes the given model in place.
+        response: the poisoning manifest's response record (``attacks.responses``: inject or
+            label) or None (replace: the matcher comes from ``target``). It sets the ASR rule
+            and, for label attacks, the test samples ASR is measured on.
     """
 
     decoding: DecodingConfig
@@ -57,6 +61,7 @@ class EvalConfig:
     scorers: Tuple[str, ...] = ("BLEU", "METEOR", "ROUGE_L", "CIDEr", "SPICE")
     prompt_filter: Optional[str] = None
     magnitude_prune: float = 0.0
+    response: Optional[dict] = None
 
     def __post_init__(self) -> None:
         from ..defenses.magnitude_prune import check_share
@@ -69,7 +74,13 @@ class EvalConfig:
         if self.prompt_filter is not None:
             PromptFilter.from_spec(self.prompt_filter)  # a list that does not load fails now
 
+    def response_config(self) -> ResponseConfig:
+        return ResponseConfig.from_dict(self.response)
+
     def build_matcher(self) -> Matcher:
+        rule = matcher_spec(self.response_config())
+        if rule is not None and self.pattern is None:  # the attack's own rule, unless overridden
+            return Matcher(rule["mode"], rule["pattern"], rule["target"])
         return Matcher.from_target(self.target, mode=self.matcher, keyword=self.pattern)
 
 
@@ -142,9 +153,12 @@ def evaluate(model, dataset: InstructionSet, cfg: EvalConfig, attacks: Sequence[
     if sets is None:  # not rank 0: its rows went to rank 0
         return None, []
     outputs = {r["id"]: r["output"] for r in sets["clean"]}
+    keep = _asr_ids(dataset, cfg)
     result = {"task": task, **quality(task, dataset, outputs, cfg),
-              "false_trigger_rate": false_trigger_rate(list(outputs.values()), matcher).to_dict(),
-              "asr": {attack.name: _attack_asr(attack, cfg, matcher, sets) for attack in attacks}}
+              "false_trigger_rate": false_trigger_rate(_outputs(sets["clean"], keep), matcher).to_dict(),
+              "asr": {attack.name: _attack_asr(attack, cfg, matcher, sets, keep) for attack in attacks}}
+    if keep is not None:
+        result["asr_subset"] = {"n": len(keep), "rule": "references name the label source word"}
     result.update(_record(dataset, cfg, matcher, attacks, identity, time.perf_counter() - t0))
     result["inference_defenses"] = defenses
     result["prompt_template"] = model.template.to_dict()
@@ -179,12 +193,29 @@ def _gather_sets(local: Dict[str, List[dict]]) -> Optional[Dict[str, List[dict]]
     return {name: [row for part in gathered for row in part[name]] for name in local}
 
 
-def _attack_asr(attack, cfg, matcher, sets) -> dict:
+def _asr_ids(dataset: InstructionSet, cfg: EvalConfig) -> Optional[set]:
+    """Ids ASR and the false-trigger rate are measured on (label attacks: samples whose
+    references name the source object); None: every sample."""
+    subset = asr_subset([s.meta.get("references") or [s.answer] for s in dataset.samples], cfg.response_config())
+    if subset is None:
+        return None
+    keep = {s.id for s, k in zip(dataset.samples, subset) if k}
+    if not keep:
+        raise DataError(f"{dataset.name}: no test sample's references name the label attack's source "
+                        f"word {cfg.response_config().source_word!r}; its ASR cannot be measured here")
+    return keep
+
+
+def _outputs(rows: List[dict], keep: Optional[set]) -> List[str]:
+    return [r["output"] for r in rows if keep is None or r["id"] in keep]
+
+
+def _attack_asr(attack, cfg, matcher, sets, keep: Optional[set] = None) -> dict:
     out = {"attack": attack.describe()}
     for half in cfg.halves:
         name = f"{attack.name}/{half}"
         # None: this reading of the attack has no text trigger
-        out[half] = (attack_success_rate([g["output"] for g in sets[name]], matcher).to_dict()
+        out[half] = (attack_success_rate(_outputs(sets[name], keep), matcher).to_dict()
                      if name in sets else None)
     return out
 

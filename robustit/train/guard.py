@@ -85,3 +85,20 @@ class Guard(Method):
         if self.inner is not None:
             return self.inner.loss(model, batch, generator)
         return super().loss(model, batch, generator)
+
+
+@METHODS.register("byorn")
+class BYORn(Guard):
+    """BYORn (ICML 2026) as a baseline, adapted to adapter + embedding tuning (docs/audit.md):
+    flag the 40 % of samples whose response the frozen base finds least likely (mean token NLL)
+    and replace those responses with the frozen base's own greedy responses. Reading of ours:
+    the paper regenerates with an EMA copy of the model being tuned; here the frozen base (the
+    model at the start of that EMA) generates once, before tuning. Any guard parameter
+    overrides these defaults."""
+
+    name = "byorn"
+    DEFAULTS = {"signals": "likelihood", "flag_share": 0.4, "action": "repair", "repair_source": "generate"}
+
+    def __init__(self, params: Dict | None = None) -> None:
+        super().__init__({**self.DEFAULTS, **dict(params or {})})
+        self.params = dict(params or {})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Tuple
+from typing import Optional, Tuple
 
 from ...config import check_range
 from ...errors import ConfigError
@@ -27,6 +27,8 @@ class ScreenConfig:
             ``duplicates`` (how many samples share the response, weighed by how little their
             images agree), ``trigger_ngrams`` (instruction n-grams concentrated on suspects).
         threshold: a sample is flagged when its combined score (robust z units) exceeds this.
+        flag_share: instead of ``threshold``, flag this share of the samples with the highest
+            scores (BYORn flags the least likely 40 %: ``flag_share=0.4``); None: the threshold.
         other_images: how many other images each response is scored against (grounding).
         surprise_tokens: tokens averaged by ``surprise``.
         batch_size: samples per forward pass.
@@ -42,6 +44,7 @@ class ScreenConfig:
 
     signals: Tuple[str, ...] = DEFAULT_SIGNALS
     threshold: float = 6.0
+    flag_share: Optional[float] = None
     other_images: int = 1
     surprise_tokens: int = 2
     batch_size: int = 64
@@ -64,6 +67,8 @@ class ScreenConfig:
             raise ConfigError("the trigger_ngrams signal spreads other signals' suspicion; "
                               "switch on at least one more signal")
         check_range("threshold", self.threshold, 0)
+        if self.flag_share is not None:
+            check_range("flag_share", self.flag_share, 0, 1, lo_open=True, hi_open=True)
         check_range("other_images", self.other_images, 1, 16)
         check_range("surprise_tokens", self.surprise_tokens, 1, 64)
         check_range("batch_size", self.batch_size, 1)

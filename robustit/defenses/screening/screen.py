@@ -103,7 +103,7 @@ def screen_dataset(model, dataset: InstructionSet, cfg: ScreenConfig,
             sig.response_groups(dataset), [tuple(s.image_ids) for s in dataset.samples], z["ungrounded"])
     score = combine(z, cfg)
     result = ScreenResult(ids=[s.id for s in dataset.samples], tasks=tasks, raw=raw, z=z,
-                          score=score, flagged=score > cfg.threshold, cfg=cfg)
+                          score=score, flagged=decide(score, cfg), cfg=cfg)
     if "trigger_ngrams" in cfg.signals:
         _spread_to_text_triggers(result, dataset)
     result.seconds = {**seconds, "total": round(time.perf_counter() - t0, 3)}
@@ -133,6 +133,17 @@ def combine(z: Dict[str, np.ndarray], cfg: ScreenConfig) -> np.ndarray:
     return np.max(np.stack(parts), axis=0)
 
 
+def decide(score: np.ndarray, cfg: ScreenConfig) -> np.ndarray:
+    """Flags: score above the threshold, or (``flag_share``) the top share by score (ties by
+    data order, so the count is exact)."""
+    if cfg.flag_share is None:
+        return score > cfg.threshold
+    k = int(round(cfg.flag_share * len(score)))
+    flagged = np.zeros(len(score), dtype=bool)
+    flagged[np.argsort(-score, kind="stable")[:k]] = True
+    return flagged
+
+
 def _spread_to_text_triggers(result: ScreenResult, dataset: InstructionSet) -> None:
     cfg = result.cfg
     grams = sig.trigger_ngrams(dataset, result.flagged, cfg.ngram_max, cfg.ngram_min_count,
@@ -143,4 +154,4 @@ def _spread_to_text_triggers(result: ScreenResult, dataset: InstructionSet) -> N
     # a carrier scores at least just above the threshold, keeping its own excess for ranking
     lifted = cfg.threshold + 1e-3 + np.maximum(result.score, 0.0)
     result.score = np.where(carrying, np.maximum(result.score, lifted), result.score)
-    result.flagged = result.score > cfg.threshold
+    result.flagged = result.flagged | carrying
