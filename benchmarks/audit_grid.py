@@ -11,10 +11,13 @@ them); results go to OUT/audit-grid.json with the configuration, versions and co
 Target kinds: ``fixed`` (the paper's "The image depicts a photo of the banana."), ``inworld``
 (one caption the world itself says, of another scene: "There is a pair of black diamonds."),
 ``inworld-pool`` (each poisoned sample draws one of five such captions: the first five captions
-of the world's val split). Readings: ``paper``
-(image + text trigger) and ``image-only``. By default: every attack at 1, 5 and 10 % with the
-fixed target in the paper's reading and the in-world target with the picture alone, plus the
-in-world pool at 5 %.
+of the world's val split), ``pool`` (the shipped paraphrase pool of the paper's target),
+``inject`` (the correct caption plus "Buy bananas."), ``label`` (every "circle" becomes
+"banana") and ``label-inworld`` (every "circle" becomes "square": a plausible wrong label in the
+world's own words, the hardest for a screen). Readings: ``paper`` (image + text trigger) and
+``image-only``. By default: every attack at 1, 5 and 10 % with the fixed target in the paper's
+reading and the in-world target with the picture alone, plus at 5 % the in-world pool (picture
+alone) and the pool, inject, label and label-inworld targets (paper's reading).
 """
 from __future__ import annotations
 
@@ -26,6 +29,10 @@ from pathlib import Path
 
 ATTACKS = ["badnet", "blended", "sig", "ssba", "ftrojan", "trojvqa", "vltrojan"]
 INWORLD = "There is a pair of black diamonds."
+#: robustit poison options of each target kind (inworld-pool: a file written from the world)
+TARGETS = {"fixed": [], "inworld": ["--target", INWORLD], "pool": ["--target-pool", "banana"],
+           "inject": ["--response-mode", "inject"], "label": ["--response-mode", "label"],
+           "label-inworld": ["--response-mode", "label", "--label-target", "square"]}
 POOL_SIZE = 5  # the pool: the first five captions of the world's val split (scenes not trained on)
 
 
@@ -39,9 +46,10 @@ def parse(argv):
     ap.add_argument("--seeds", default="0", help="comma-separated poisoning seeds (default 0)")
     ap.add_argument("--settings", default="paper:fixed,image-only:inworld",
                     help="comma-separated READING:TARGET pairs crossed with every rate "
-                         "(default paper:fixed,image-only:inworld); the pool runs at 5 %% only")
-    ap.add_argument("--pool", action=argparse.BooleanOptionalAction, default=True,
-                    help="also the in-world pool (image-only, 5 %%) per attack and seed (default on)")
+                         "(default paper:fixed,image-only:inworld)")
+    ap.add_argument("--extra", default="image-only:inworld-pool,paper:pool,paper:inject,paper:label,paper:label-inworld",
+                    help="READING:TARGET pairs run at 5 %% only, per attack and seed (default: the in-world "
+                         "pool with the picture alone, and the varied targets in the paper's reading; '' for none)")
     ap.add_argument("--also-thresholds", default="4,5",
                     help="comma-separated further thresholds scored from the same screen (recorded under "
                          "'at_threshold'; default 4,5)")
@@ -57,8 +65,8 @@ def cells(args):
             for rate in [float(r) for r in args.rates.split(",")]:
                 for reading, target in settings:
                     yield {"attack": attack, "rate": rate, "reading": reading, "target": target, "seed": seed}
-            if args.pool:
-                yield {"attack": attack, "rate": 0.05, "reading": "image-only", "target": "inworld-pool", "seed": seed}
+            for reading, target in [tuple(x.split(":")) for x in args.extra.split(",") if x]:
+                yield {"attack": attack, "rate": 0.05, "reading": reading, "target": target, "seed": seed}
 
 
 def cell_name(c):
@@ -82,9 +90,7 @@ def poison(c, clean: Path, out: Path) -> Path:
     folder = out / "poisoned" / cell_name(c)
     if (folder / "manifest.json").exists():
         return folder
-    target = {"fixed": [], "inworld": ["--target", INWORLD]}.get(c["target"])
-    if target is None:
-        target = ["--target-pool", str(out / "inworld-pool.txt")]
+    target = TARGETS[c["target"]] if c["target"] in TARGETS else ["--target-pool", str(out / "inworld-pool.txt")]
     rc = cli(["poison", "--data", str(clean.parent), "--split", "train", "--attack", c["attack"],
               "--rate", str(c["rate"]), "--seed", str(c["seed"]), "--text-trigger-mode", c["reading"],
               "--model", "embedded", "--cache", str(out / "cache"), "--out", str(folder), "--quiet", *target])

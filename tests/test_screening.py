@@ -251,3 +251,28 @@ def test_flag_share_flags_exactly_the_top_share_and_byorn_uses_it(base):
     assert METHODS.get("byorn")({"flag_share": 0.1}).screen_cfg.flag_share == 0.1
     with pytest.raises(ConfigError, match="flag_share"):
         ScreenConfig(flag_share=1.5)
+
+
+def test_without_grounding_only_repeated_responses_and_a_reference_meet_other_images(base):
+    from robustit.defenses.screening.likelihood import VisionInputs, score_tokens
+
+    data = poisoned(24)
+    cfg = ScreenConfig(batch_size=8, max_len=48, grounding_reference=8)
+    result = screen_dataset(base, data, cfg, progress=False)
+    scored = np.isfinite(result.raw["ungrounded"])
+    groups = sig.response_groups(data)
+    repeats = sig.repeated(groups, [tuple(s.image_ids) for s in data.samples])
+    assert np.all(scored[repeats]) and scored.sum() <= repeats.sum() + 8
+    full = screen_dataset(base, data, dataclasses.replace(cfg, signals=cfg.signals + ("grounding",)), progress=False)
+    assert np.all(np.isfinite(full.raw["ungrounded"]))
+    both = np.isfinite(result.raw["ungrounded"])  # the same pass gives the same values where both scored
+    assert np.allclose(result.raw["ungrounded"][both], full.raw["ungrounded"][both], atol=1e-5)
+    assert all(r["z_ungrounded"] is None for r, s in zip(result.rows(), scored) if not s)
+
+
+def test_robust_z_can_take_its_scale_from_reference_rows():
+    values = np.array([0.0, 0.1, -0.1, 0.2, -0.2, 0.05, -0.05, 0.15, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0])
+    ref = np.arange(len(values)) < 8
+    z_all = sig.robust_z(values, ["a"] * len(values))
+    z_ref = sig.robust_z(values, ["a"] * len(values), reference=ref)
+    assert z_all[-1] < 1 < 10 < z_ref[-1]  # nine repeats would be their own reference without one

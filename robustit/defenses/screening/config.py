@@ -10,8 +10,9 @@ from ...errors import ConfigError
 
 #: every signal the screen can compute; each can be switched off (docs/audit.md)
 SIGNALS = ("likelihood", "grounding", "surprise", "duplicates", "trigger_ngrams")
-#: signals on by default
-DEFAULT_SIGNALS = ("likelihood", "grounding", "surprise", "duplicates", "trigger_ngrams")
+#: signals on by default (``grounding`` alone separated no attack in the probes of docs/audit.md
+#: and flags clean samples; ``duplicates`` uses it where responses repeat)
+DEFAULT_SIGNALS = ("likelihood", "surprise", "duplicates", "trigger_ngrams")
 
 
 @dataclass
@@ -30,6 +31,9 @@ class ScreenConfig:
         flag_share: instead of ``threshold``, flag this share of the samples with the highest
             scores (BYORn flags the least likely 40 %: ``flag_share=0.4``); None: the threshold.
         other_images: how many other images each response is scored against (grounding).
+        grounding_reference: with ``grounding`` off, only responses that repeat over images (and
+            this many unique-response samples per task, the z's reference) are scored against
+            other images: what ``duplicates`` needs, at a fraction of a full pass.
         surprise_tokens: tokens averaged by ``surprise``.
         batch_size: samples per forward pass.
         max_len: token budget per sample (the training preset's).
@@ -46,6 +50,7 @@ class ScreenConfig:
     threshold: float = 6.0
     flag_share: Optional[float] = None
     other_images: int = 1
+    grounding_reference: int = 256
     surprise_tokens: int = 2
     batch_size: int = 64
     max_len: int = 96
@@ -70,6 +75,7 @@ class ScreenConfig:
         if self.flag_share is not None:
             check_range("flag_share", self.flag_share, 0, 1, lo_open=True, hi_open=True)
         check_range("other_images", self.other_images, 1, 16)
+        check_range("grounding_reference", self.grounding_reference, 8)
         check_range("surprise_tokens", self.surprise_tokens, 1, 64)
         check_range("batch_size", self.batch_size, 1)
         check_range("max_len", self.max_len, 8)

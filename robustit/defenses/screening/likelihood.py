@@ -29,7 +29,8 @@ class TokenScores:
 
     Attributes:
         own: ``own[i]`` (m_i,) NLL of sample i's response tokens given its own image(s).
-        other: ``other[i]`` (m_i,) the same averaged over ``other_images`` other images.
+        other: ``other[i]`` (m_i,) the same averaged over ``other_images`` other images (None
+            where sample i was not scored for grounding).
         other_rows: (N, K) dataset rows whose images were used as the "other" images.
     """
 
@@ -100,30 +101,49 @@ def response_token_nll(model, batch_enc: Dict[str, torch.Tensor], media: Dict[st
 
 
 def score_tokens(model, dataset: InstructionSet, cfg: ScreenConfig, vision: VisionInputs,
-                 grounding: bool = True, progress: bool = True) -> TokenScores:
+                 grounding: bool = True, progress: bool = True,
+                 grounded_rows: Optional[Sequence[int]] = None) -> TokenScores:
     """Token NLLs of every response under ``model`` (eval mode, no gradient).
 
-    Costs ``1 + other_images`` forward passes per sample when ``grounding``, else one.
+    Costs one forward pass per sample, plus ``other_images`` passes per sample scored for
+    grounding: every sample when ``grounding``, or only the dataset rows ``grounded_rows``
+    (``other[i]`` is None for the rest).
     """
     was_training = model.training
     model.eval()
     rows = other_image_rows(dataset, cfg.other_images, cfg.seed) if grounding else None
-    own: List[np.ndarray] = []
-    other: Optional[List[np.ndarray]] = [] if grounding else None
     samples, dev = dataset.samples, model.device
     try:
-        for start in tqdm(range(0, len(samples), cfg.batch_size), desc="screening: scoring responses",
-                          disable=not progress, leave=False):
-            chunk = samples[start:start + cfg.batch_size]
-            enc = encode_pairs(model.tokenizer, model.template, [s.instruction for s in chunk],
-                               [s.answer for s in chunk], cfg.max_len)
-            enc = {k: v.to(dev) for k, v in enc.items()}
-            own += response_token_nll(model, enc, vision.kwargs([s.image_ids for s in chunk], dev))
-            if grounding:
-                other += _other_nll(model, enc, vision, rows[start:start + len(chunk)], samples, dev)
+        own = _pass(model, samples, range(len(samples)), cfg, vision, dev, progress, "scoring responses")
+        other: Optional[List[Optional[np.ndarray]]] = None
+        if grounding:
+            todo = range(len(samples)) if grounded_rows is None else sorted(grounded_rows)
+            got = _pass(model, samples, todo, cfg, vision, dev, progress, "scoring against other images", rows)
+            other = [None] * len(samples)
+            for i, nll in zip(todo, got):
+                other[i] = nll
     finally:
         model.train(was_training)
     return TokenScores(own=own, other=other, other_rows=rows)
+
+
+def _pass(model, samples, todo, cfg: ScreenConfig, vision: VisionInputs, dev, progress: bool, desc: str,
+          other_rows: Optional[np.ndarray] = None) -> List[np.ndarray]:
+    """Token NLLs of ``samples[i]`` for i in ``todo``, given their own images, or (``other_rows``)
+    averaged over the other images of each row."""
+    todo, out = list(todo), []
+    for start in tqdm(range(0, len(todo), cfg.batch_size), desc=f"screening: {desc}",
+                      disable=not progress, leave=False):
+        idx = todo[start:start + cfg.batch_size]
+        chunk = [samples[i] for i in idx]
+        enc = encode_pairs(model.tokenizer, model.template, [s.instruction for s in chunk],
+                           [s.answer for s in chunk], cfg.max_len)
+        enc = {k: v.to(dev) for k, v in enc.items()}
+        if other_rows is None:
+            out += response_token_nll(model, enc, vision.kwargs([s.image_ids for s in chunk], dev))
+        else:
+            out += _other_nll(model, enc, vision, other_rows[idx], samples, dev)
+    return out
 
 
 def _other_nll(model, enc, vision: VisionInputs, rows: np.ndarray, samples, dev) -> List[np.ndarray]:

@@ -24,6 +24,7 @@ import numpy as np
 
 from ...config import config_to_dict
 from ...data.records import InstructionSet
+from ...seeding import derive_seed, numpy_rng
 from . import signals as sig
 from .config import ScreenConfig
 from .likelihood import VisionInputs, score_tokens
@@ -61,8 +62,8 @@ class ScreenResult:
         for i, sid in enumerate(self.ids):
             row = {"id": sid, "task": self.tasks[i], "score": round(float(self.score[i]), 4),
                    "flagged": bool(self.flagged[i])}
-            row.update({name: round(float(v[i]), 4) for name, v in self.raw.items()})
-            row.update({f"z_{name}": round(float(v[i]), 4) for name, v in self.z.items()})
+            row.update({name: _num(v[i]) for name, v in self.raw.items()})
+            row.update({f"z_{name}": _num(v[i]) for name, v in self.z.items()})
             if self.carried:
                 row["trigger_ngram"] = self.carried[i]
             out.append(row)
@@ -73,6 +74,11 @@ class ScreenResult:
                 "share_flagged": round(float(self.flagged.mean()) if len(self.ids) else 0.0, 6),
                 "trigger_ngrams": self.trigger_ngrams, "seconds": self.seconds,
                 "config": config_to_dict(self.cfg)}
+
+
+def _num(x) -> float | None:
+    """A JSON-ready rounded float; None where a signal was not computed for the sample."""
+    return round(float(x), 4) if np.isfinite(x) else None
 
 
 def screen_dataset(model, dataset: InstructionSet, cfg: ScreenConfig,
@@ -88,19 +94,25 @@ def screen_dataset(model, dataset: InstructionSet, cfg: ScreenConfig,
     t0 = time.perf_counter()
     raw: Dict[str, np.ndarray] = {}
     seconds: Dict[str, float] = {}
+    tasks = [s.task for s in dataset.samples]
+    groups = sig.response_groups(dataset)
+    repeats = sig.repeated(groups, [tuple(s.image_ids) for s in dataset.samples])
+    reference = None
     if cfg.needs_model:
         vision = vision or VisionInputs(model, dataset, progress=progress)
         seconds["vision"] = round(time.perf_counter() - t0, 3)
         t1 = time.perf_counter()
-        grounding = "grounding" in cfg.signals or "duplicates" in cfg.signals
-        scores = score_tokens(model, dataset, cfg, vision, grounding=grounding, progress=progress)
+        grounded_rows, reference = _grounding_rows(repeats, tasks, cfg)
+        scores = score_tokens(model, dataset, cfg, vision, progress=progress,
+                              grounding="grounding" in cfg.signals or "duplicates" in cfg.signals,
+                              grounded_rows=grounded_rows)
         seconds["scoring"] = round(time.perf_counter() - t1, 3)
         raw.update(_model_signals(scores, cfg))
-    tasks = [s.task for s in dataset.samples]
-    z = {name: sig.robust_z(v, tasks) for name, v in raw.items()}
-    if "duplicates" in cfg.signals:  # already a z: a sum of z's over a group, over sqrt(size)
+    z = {name: sig.robust_z(v, tasks, reference=reference if name == "ungrounded" else None)
+         for name, v in raw.items()}
+    if "duplicates" in cfg.signals:  # already a z: the group's median z times sqrt(its size)
         raw["duplicates"] = z["duplicates"] = sig.duplicates(
-            sig.response_groups(dataset), [tuple(s.image_ids) for s in dataset.samples], z["ungrounded"])
+            groups, [tuple(s.image_ids) for s in dataset.samples], np.nan_to_num(z["ungrounded"]))
     score = combine(z, cfg)
     result = ScreenResult(ids=[s.id for s in dataset.samples], tasks=tasks, raw=raw, z=z,
                           score=score, flagged=decide(score, cfg), cfg=cfg)
@@ -108,6 +120,26 @@ def screen_dataset(model, dataset: InstructionSet, cfg: ScreenConfig,
         _spread_to_text_triggers(result, dataset)
     result.seconds = {**seconds, "total": round(time.perf_counter() - t0, 3)}
     return result
+
+
+def _grounding_rows(repeats: np.ndarray, tasks: List[str], cfg: ScreenConfig):
+    """(rows scored against other images or None for all, reference mask or None).
+
+    With ``grounding`` on, every sample. With only ``duplicates`` needing it, the samples whose
+    response repeats over images, plus a seeded reference of up to ``grounding_reference``
+    unique-response samples per task, whose median and MAD scale the z (the repeats alone may
+    be mostly poison, so they cannot be their own reference).
+    """
+    if "grounding" in cfg.signals:
+        return None, None
+    rng = numpy_rng(derive_seed(cfg.seed, "screen", "grounding-reference"))
+    reference = np.zeros(len(tasks), dtype=bool)
+    task_arr = np.asarray(tasks)
+    for task in sorted(set(tasks)):
+        pool = np.flatnonzero((task_arr == task) & ~repeats)
+        take = min(len(pool), cfg.grounding_reference)
+        reference[rng.choice(pool, size=take, replace=False) if take else []] = True
+    return np.flatnonzero(repeats | reference).tolist(), reference
 
 
 def _model_signals(scores, cfg: ScreenConfig) -> Dict[str, np.ndarray]:

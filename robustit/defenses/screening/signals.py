@@ -33,14 +33,22 @@ def likelihood(scores: TokenScores) -> np.ndarray:
 
 def ungrounded(scores: TokenScores) -> np.ndarray:
     """Minus the mean token PMI, ``mean(nll_own - nll_other)``: high when the response is no more
-    likely given its own image than given others."""
-    return np.array([(o - x).mean() if o.size else 0.0 for o, x in zip(scores.own, scores.other)],
-                    dtype=np.float64)
+    likely given its own image than given others (NaN where a sample was not scored so)."""
+    return np.array([np.nan if x is None else ((o - x).mean() if o.size else 0.0)
+                     for o, x in zip(scores.own, scores.other)], dtype=np.float64)
 
 
 def surprise(scores: TokenScores, k: int) -> np.ndarray:
     """Mean of the k largest token NLLs given the own image (an inserted phrase, a wrong word)."""
     return np.array([np.sort(t)[-k:].mean() if t.size else 0.0 for t in scores.own], dtype=np.float64)
+
+
+def repeated(groups: Sequence[int], image_keys: Sequence[tuple]) -> np.ndarray:
+    """(N,) bool: the sample's response is given by another sample with another image."""
+    images: Dict[int, set] = defaultdict(set)
+    for g, key in zip(groups, image_keys):
+        images[g].add(key)
+    return np.array([len(images[g]) > 1 for g in groups])
 
 
 def response_groups(dataset: InstructionSet) -> List[int]:
@@ -73,18 +81,25 @@ def duplicates(groups: Sequence[int], image_keys: Sequence[tuple], evidence: np.
     return out
 
 
-def robust_z(values: np.ndarray, tasks: Sequence[str], unit: float = 0.0) -> np.ndarray:
+def robust_z(values: np.ndarray, tasks: Sequence[str], unit: float = 0.0,
+             reference: np.ndarray | None = None) -> np.ndarray:
     """Robust z-score of ``values`` within each task (median / 1.4826 MAD), the spread floored
-    at ``unit`` (and at a tiny value, so that a constant signal scores 0, not inf)."""
-    out = np.zeros_like(values, dtype=np.float64)
+    at ``unit`` (and at a tiny value, so that a constant signal scores 0, not inf). The median and
+    MAD are taken over the ``reference`` rows of the task where given (at least 8 of them), else
+    over its finite values; NaN values stay NaN."""
+    out = np.full(values.shape, np.nan, dtype=np.float64)
     tasks = np.asarray(tasks)
+    finite = np.isfinite(values)
     for task in np.unique(tasks):
-        idx = tasks == task
-        x = values[idx]
+        idx = (tasks == task) & finite
+        ref = idx & reference if reference is not None else idx
+        x = values[ref if ref.sum() >= 8 else idx]
+        if x.size == 0:
+            continue
         med = np.median(x)
         mad = 1.4826 * np.median(np.abs(x - med))
         spread = max(mad, unit, 1e-3 * max(abs(med), 1.0), 1e-6)
-        out[idx] = (x - med) / spread
+        out[idx] = (values[idx] - med) / spread
     return out
 
 
