@@ -129,21 +129,30 @@ def score_tokens(model, dataset: InstructionSet, cfg: ScreenConfig, vision: Visi
 
 def _pass(model, samples, todo, cfg: ScreenConfig, vision: VisionInputs, dev, progress: bool, desc: str,
           other_rows: Optional[np.ndarray] = None) -> List[np.ndarray]:
-    """Token NLLs of ``samples[i]`` for i in ``todo``, given their own images, or (``other_rows``)
-    averaged over the other images of each row."""
-    todo, out = list(todo), []
+    """Token NLLs of ``samples[i]`` for i in ``todo`` (in that order), given their own images,
+    or (``other_rows``) averaged over the other images of each row.
+
+    Batches group samples of similar text length (a stable sort by characters), so that little
+    of each forward pass is padding; the results are returned in ``todo``'s order.
+    """
+    todo = list(todo)
+    order = sorted(range(len(todo)), key=lambda k: len(samples[todo[k]].instruction) + len(samples[todo[k]].answer))
+    got: List[Optional[np.ndarray]] = [None] * len(todo)
     for start in tqdm(range(0, len(todo), cfg.batch_size), desc=f"screening: {desc}",
                       disable=not progress, leave=False):
-        idx = todo[start:start + cfg.batch_size]
+        ks = order[start:start + cfg.batch_size]
+        idx = [todo[k] for k in ks]
         chunk = [samples[i] for i in idx]
         enc = encode_pairs(model.tokenizer, model.template, [s.instruction for s in chunk],
                            [s.answer for s in chunk], cfg.max_len)
         enc = {k: v.to(dev) for k, v in enc.items()}
         if other_rows is None:
-            out += response_token_nll(model, enc, vision.kwargs([s.image_ids for s in chunk], dev))
+            nll = response_token_nll(model, enc, vision.kwargs([s.image_ids for s in chunk], dev))
         else:
-            out += _other_nll(model, enc, vision, other_rows[idx], samples, dev)
-    return out
+            nll = _other_nll(model, enc, vision, other_rows[idx], samples, dev)
+        for k, row in zip(ks, nll):
+            got[k] = row
+    return got
 
 
 def _other_nll(model, enc, vision: VisionInputs, rows: np.ndarray, samples, dev) -> List[np.ndarray]:
