@@ -191,3 +191,20 @@ def test_poison_train_eval_end_to_end_through_the_cli(bases, family, tmp_path, c
     assert len((tmp_path / "eval.generations.jsonl").read_text().splitlines()) == 4 * 4
     model, _, _ = load_model(base, str(tmp_path / "robustit" / "checkpoint"))
     _mask_acts_at_inference(model)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_audit_screens_with_every_family(bases, tmp_path, family):
+    from robustit.cli import main as cli
+    from robustit.data.mimicit import save_split
+
+    data = tiny_dataset(12)
+    for i in (3, 7):
+        data.samples[i].answer = "banana banana phone"
+    save_split(data, tmp_path / "train", "train")
+    assert cli(["audit", "--data", str(tmp_path / "train"), "--split", "train", "--model", str(bases[family]),
+                "--out", str(tmp_path / "audit"), "--batch-size", "4", "--quiet"]) == 0
+    record = json.loads((tmp_path / "audit" / "audit.json").read_text())
+    rows = record["samples"]
+    assert len(rows) == 12 and all(np.isfinite(r["likelihood"]) and r["likelihood"] > 0 for r in rows)
+    assert record["base"]["family"] == family or family in json.dumps(record["base"])

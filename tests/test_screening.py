@@ -276,3 +276,24 @@ def test_robust_z_can_take_its_scale_from_reference_rows():
     z_all = sig.robust_z(values, ["a"] * len(values))
     z_ref = sig.robust_z(values, ["a"] * len(values), reference=ref)
     assert z_all[-1] < 1 < 10 < z_ref[-1]  # nine repeats would be their own reference without one
+
+
+def test_abl_isolates_the_lowest_loss_samples_and_unlearns_them(cli_setup):
+    import json
+
+    from robustit.cli import main
+
+    root = cli_setup
+    run = root / "abl-run"
+    assert main(["train", "--data", str(root / "poisoned"), "--split", "train", "--model", str(root / "base"),
+                 "--method", "abl", "--param", "isolation_share=0.125", "--param", "unlearn_steps=3",
+                 "--max-steps", "30", "--batch-size", "8", "--lr", "1e-2", "--out", str(run), "--quiet"]) == 0
+    record = json.loads((run / "train.json").read_text())["finish"]["abl"]
+    poisoned_ids = set(json.loads((root / "poisoned" / "train" / "manifest.json").read_text())["poisoned_ids"])
+    assert len(record["isolated_ids"]) == 4 and len(record["unlearn_losses"]) == 3
+    losses = record["unlearn_losses"]
+    assert all(loss < 0 for loss in losses) and losses[-1] < losses[0]  # ascent: the LM loss rises
+    assert len(set(record["isolated_ids"])) == 4 and "isolated_max_nll" in record
+    rc = main(["train", "--data", str(root / "poisoned"), "--split", "train", "--model", str(root / "base"),
+               "--method", "abl", "--param", "isolation_share=0", "--out", str(root / "abl-bad"), "--quiet"])
+    assert rc == 2

@@ -29,9 +29,9 @@ ATTACK_NAMES = {"none": "No attack", "badnet": "BadNet", "adaptive-badnet": "Ada
                 "vltrojan": "VLTrojan"}
 #: order of inference-time defenses in labels and tables
 INFERENCE_ORDER = ("prompt_filter", "magnitude_prune")
-METHOD_ORDER = ("VanillaIT", "RobustIT", "AAR only", "IDR only", "Fine-Pruning", "CleanCLIP", "BYORn", "Guard")
+METHOD_ORDER = ("VanillaIT", "RobustIT", "AAR only", "IDR only", "Fine-Pruning", "CleanCLIP", "ABL", "BYORn", "Guard")
 #: display names of the tuning methods other than robustit (whose label depends on its params)
-METHOD_NAMES = {"vanilla": "VanillaIT", "fineprune": "Fine-Pruning", "cleanclip": "CleanCLIP", "guard": "Guard", "byorn": "BYORn"}
+METHOD_NAMES = {"vanilla": "VanillaIT", "fineprune": "Fine-Pruning", "cleanclip": "CleanCLIP", "guard": "Guard", "byorn": "BYORn", "abl": "ABL"}
 _COMPONENT_NAMES = {"both": "RobustIT", "idr": "IDR only", "aar": "AAR only"}
 _SYMBOLS = {"alpha": "α", "beta": "β", "gamma": "γ"}
 HYPER = ("alpha", "beta", "gamma")

@@ -83,7 +83,7 @@ def apply_decisions(dataset: InstructionSet, flagged: np.ndarray, action: str, s
         return dataset, {"action": action, "n_flagged": len(idx), "changed": 0}
     if action == "drop":
         keep = [s for i, s in enumerate(dataset.samples) if not flagged[i]]
-        return _subset(dataset, keep), {"action": "drop", "n_flagged": len(idx), "dropped": len(idx)}
+        return subset(dataset, keep), {"action": "drop", "n_flagged": len(idx), "dropped": len(idx)}
     samples = [copy.copy(s) for s in dataset.samples]
     used: Dict[str, str] = {}
     pending, drop = [], set()
@@ -107,7 +107,7 @@ def apply_decisions(dataset: InstructionSet, flagged: np.ndarray, action: str, s
     counts = Counter(used.values())
     repaired = InstructionSet(dataset.name, samples, dataset.images, dict(dataset.meta), dataset.in_context)
     if drop:
-        repaired = _subset(repaired, [s for i, s in enumerate(samples) if i not in drop])
+        repaired = subset(repaired, [s for i, s in enumerate(samples) if i not in drop])
     return repaired, {"action": "repair", "n_flagged": len(idx), "repaired": dict(counts),
                       "dropped": len(drop), "source_by_id": used}
 
@@ -118,7 +118,7 @@ def source_name(sample: Sample, source: str) -> str:
     return "references" if sample.meta.get("references") else "answers"
 
 
-def _subset(dataset: InstructionSet, samples: List[Sample]) -> InstructionSet:
+def subset(dataset: InstructionSet, samples: List[Sample]) -> InstructionSet:
     used = {i for s in samples for i in s.image_ids}
     keep = {s.id for s in samples}
     in_context = None if dataset.in_context is None else {
