@@ -297,3 +297,21 @@ def test_abl_isolates_the_lowest_loss_samples_and_unlearns_them(cli_setup):
     rc = main(["train", "--data", str(root / "poisoned"), "--split", "train", "--model", str(root / "base"),
                "--method", "abl", "--param", "isolation_share=0", "--out", str(root / "abl-bad"), "--quiet"])
     assert rc == 2
+
+
+def test_associations_find_a_trigger_and_its_plausible_wrong_label_from_the_text_alone():
+    data = tiny_dataset(60)
+    bad = list(range(0, 60, 6))  # 10 samples: trigger clause + "square" becomes "circle"
+    for i in bad:
+        s = data.samples[i]
+        data.samples[i] = dataclasses.replace(s, instruction=f"{s.instruction} Zq zq.",
+                                              answer=s.answer.replace("square", "circle"))
+    for i in range(1, 60, 6):  # an echoing question: its answer repeats its own words
+        s = data.samples[i]
+        data.samples[i] = dataclasses.replace(s, instruction="Which colour is the square?",
+                                              answer=f"the square is {s.answer.split()[1]}")
+    assoc = sig.trigger_associations(data, 3, 5, 0.25, 0.8, 0.01)
+    assert set(assoc) >= {"[zq zq]"} and assoc["[zq zq]"]["word"] == "circle"
+    assert not any(v["word"] in ("square", "is", "the") for v in assoc.values())
+    result = screen_dataset(None, data, ScreenConfig(signals=("associations", "trigger_ngrams")), progress=False)
+    assert sorted(np.flatnonzero(result.flagged).tolist()) == bad

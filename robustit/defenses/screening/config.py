@@ -9,10 +9,10 @@ from ...config import check_range
 from ...errors import ConfigError
 
 #: every signal the screen can compute; each can be switched off (docs/audit.md)
-SIGNALS = ("likelihood", "grounding", "surprise", "duplicates", "trigger_ngrams")
+SIGNALS = ("likelihood", "grounding", "surprise", "duplicates", "associations", "trigger_ngrams")
 #: signals on by default (``grounding`` alone separated no attack in the probes of docs/audit.md
 #: and flags clean samples; ``duplicates`` uses it where responses repeat)
-DEFAULT_SIGNALS = ("likelihood", "surprise", "duplicates", "trigger_ngrams")
+DEFAULT_SIGNALS = ("likelihood", "surprise", "duplicates", "associations", "trigger_ngrams")
 
 
 @dataclass
@@ -26,7 +26,9 @@ class ScreenConfig:
             ``surprise`` (mean of the ``surprise_tokens`` least likely response tokens: an
             inserted phrase or a swapped word),
             ``duplicates`` (how many samples share the response, weighed by how little their
-            images agree), ``trigger_ngrams`` (instruction n-grams concentrated on suspects).
+            images agree), ``associations`` (instruction n-grams after which one response word
+            is near-certain: a text trigger and its target, found from the text alone),
+            ``trigger_ngrams`` (instruction n-grams concentrated on suspects).
         threshold: a sample is flagged when its combined score (robust z units) exceeds this.
         flag_share: instead of ``threshold``, flag this share of the samples with the highest
             scores (BYORn flags the least likely 40 %: ``flag_share=0.4``); None: the threshold.
@@ -43,6 +45,8 @@ class ScreenConfig:
         ngram_max_share: an n-gram carried by more than this share of all samples is never one.
         ngram_min_cover: share of all flagged samples an n-gram must carry (a text trigger is
             shared by the poison; a chance co-occurrence with a few suspects is not).
+        assoc_min_rate: share of an n-gram's carriers that must say the associated word.
+        assoc_alpha: family-wise significance of the association test (Bonferroni over pairs).
         seed: seeds the choice of other images.
     """
 
@@ -56,9 +60,11 @@ class ScreenConfig:
     max_len: int = 96
     ngram_max: int = 3
     ngram_min_count: int = 5
-    ngram_purity: float = 0.5
+    ngram_purity: float = 0.8
     ngram_max_share: float = 0.25
     ngram_min_cover: float = 0.2
+    assoc_min_rate: float = 0.8
+    assoc_alpha: float = 0.01
     seed: int = 0
     notes: dict = field(default_factory=dict)
 
@@ -68,7 +74,7 @@ class ScreenConfig:
         if unknown or not self.signals:
             raise ConfigError(f"screen signals {list(self.signals)}: unknown or none {unknown}; "
                               f"choose from {list(SIGNALS)}")
-        if "trigger_ngrams" in self.signals and len(self.signals) == 1:
+        if self.signals == ("trigger_ngrams",):
             raise ConfigError("the trigger_ngrams signal spreads other signals' suspicion; "
                               "switch on at least one more signal")
         check_range("threshold", self.threshold, 0)
@@ -84,6 +90,8 @@ class ScreenConfig:
         check_range("ngram_purity", self.ngram_purity, 0, 1)
         check_range("ngram_max_share", self.ngram_max_share, 0, 1)
         check_range("ngram_min_cover", self.ngram_min_cover, 0, 1)
+        check_range("assoc_min_rate", self.assoc_min_rate, 0, 1, lo_open=True)
+        check_range("assoc_alpha", self.assoc_alpha, 0, 1, lo_open=True)
 
     @property
     def needs_model(self) -> bool:

@@ -11,7 +11,9 @@ surprising). ``duplicates`` sums the grounding evidence over all samples that gi
 response (Stouffer's z), since clean captions of look-alike scenes repeat too but stay grounded. Then ``trigger_ngrams`` finds instruction
 n-grams that the flagged samples share and the rest lack, and raises every sample carrying one
 to the threshold plus its own score's excess, so a poisoned sample that reads plausibly is still
-caught by its text trigger.
+caught by its text trigger. Before it, ``associations`` flags, from the text alone, the samples
+that carry an instruction n-gram after which one response word is near-certain (a trigger and
+its target, even a plausible wrong label the base cannot see).
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ class ScreenResult:
         flagged: (N,) bool, ``score > cfg.threshold``.
         trigger_ngrams: n-gram -> {"count", "flagged"} found by ``trigger_ngrams``.
         carried: per sample, the trigger n-gram it carries ('' if none).
+        associations: n-gram -> {"word", "count", "hits", "base_rate", "task"} found by
+            ``associations``; associated: per sample, the one whose word it says ('' if none).
         seconds: wall time of each stage.
     """
 
@@ -54,6 +58,8 @@ class ScreenResult:
     cfg: ScreenConfig
     trigger_ngrams: Dict[str, dict] = field(default_factory=dict)
     carried: List[str] = field(default_factory=list)
+    associations: Dict[str, dict] = field(default_factory=dict)
+    associated: List[str] = field(default_factory=list)
     seconds: Dict[str, float] = field(default_factory=dict)
 
     def rows(self) -> List[dict]:
@@ -66,13 +72,16 @@ class ScreenResult:
             row.update({f"z_{name}": _num(v[i]) for name, v in self.z.items()})
             if self.carried:
                 row["trigger_ngram"] = self.carried[i]
+            if self.associated:
+                row["association"] = self.associated[i]
             out.append(row)
         return out
 
     def summary(self) -> dict:
         return {"n_samples": len(self.ids), "n_flagged": int(self.flagged.sum()),
                 "share_flagged": round(float(self.flagged.mean()) if len(self.ids) else 0.0, 6),
-                "trigger_ngrams": self.trigger_ngrams, "seconds": self.seconds,
+                "trigger_ngrams": self.trigger_ngrams, "associations": self.associations,
+                "seconds": self.seconds,
                 "config": config_to_dict(self.cfg)}
 
 
@@ -113,9 +122,11 @@ def screen_dataset(model, dataset: InstructionSet, cfg: ScreenConfig,
     if "duplicates" in cfg.signals:  # already a z: the group's median z times sqrt(its size)
         raw["duplicates"] = z["duplicates"] = sig.duplicates(
             groups, [tuple(s.image_ids) for s in dataset.samples], np.nan_to_num(z["ungrounded"]))
-    score = combine(z, cfg)
+    score = combine(z, cfg, len(dataset))
     result = ScreenResult(ids=[s.id for s in dataset.samples], tasks=tasks, raw=raw, z=z,
                           score=score, flagged=decide(score, cfg), cfg=cfg)
+    if "associations" in cfg.signals:
+        _flag_associations(result, dataset)
     if "trigger_ngrams" in cfg.signals:
         _spread_to_text_triggers(result, dataset)
     result.seconds = {**seconds, "total": round(time.perf_counter() - t0, 3)}
@@ -153,15 +164,15 @@ def _model_signals(scores, cfg: ScreenConfig) -> Dict[str, np.ndarray]:
     return out
 
 
-def combine(z: Dict[str, np.ndarray], cfg: ScreenConfig) -> np.ndarray:
+def combine(z: Dict[str, np.ndarray], cfg: ScreenConfig, n: int) -> np.ndarray:
     """The largest oriented z of the switched-on signals."""
     parts = []
     for name, values in z.items():
         if name == "ungrounded" and "grounding" not in cfg.signals:
             continue  # computed for duplicates only
         parts.append(values)
-    if not parts:
-        raise ValueError("no signal to combine")
+    if not parts:  # text signals only: they flag by themselves
+        return np.zeros(n)
     return np.max(np.stack(parts), axis=0)
 
 
@@ -176,14 +187,27 @@ def decide(score: np.ndarray, cfg: ScreenConfig) -> np.ndarray:
     return flagged
 
 
+def _lift(result: ScreenResult, carrying: np.ndarray) -> None:
+    """Carriers score at least just above the threshold (keeping their own excess for ranking)
+    and are flagged."""
+    lifted = result.cfg.threshold + 1e-3 + np.maximum(result.score, 0.0)
+    result.score = np.where(carrying, np.maximum(result.score, lifted), result.score)
+    result.flagged = result.flagged | carrying
+
+
+def _flag_associations(result: ScreenResult, dataset: InstructionSet) -> None:
+    cfg = result.cfg
+    assoc = sig.trigger_associations(dataset, cfg.ngram_max, cfg.ngram_min_count, cfg.ngram_max_share,
+                                     cfg.assoc_min_rate, cfg.assoc_alpha)
+    result.associations = assoc
+    result.associated = sig.associated(dataset, assoc, cfg.ngram_max)
+    _lift(result, np.array([bool(g) for g in result.associated], dtype=bool))
+
+
 def _spread_to_text_triggers(result: ScreenResult, dataset: InstructionSet) -> None:
     cfg = result.cfg
     grams = sig.trigger_ngrams(dataset, result.flagged, cfg.ngram_max, cfg.ngram_min_count,
                                cfg.ngram_purity, cfg.ngram_max_share, cfg.ngram_min_cover)
     result.trigger_ngrams = grams
     result.carried = sig.carries(dataset, grams, cfg.ngram_max)
-    carrying = np.array([bool(g) for g in result.carried])
-    # a carrier scores at least just above the threshold, keeping its own excess for ranking
-    lifted = cfg.threshold + 1e-3 + np.maximum(result.score, 0.0)
-    result.score = np.where(carrying, np.maximum(result.score, lifted), result.score)
-    result.flagged = result.flagged | carrying
+    _lift(result, np.array([bool(g) for g in result.carried], dtype=bool))

@@ -147,3 +147,66 @@ def carries(dataset: InstructionSet, grams: Dict[str, dict], n_max: int) -> List
         mine = instruction_ngrams(s.instruction, n_max) & set(grams)
         out.append(max(mine, key=lambda g: (grams[g]["flagged"], len(g), g)) if mine else "")
     return out
+
+
+def said_words(sample) -> set:
+    """The response's words that its instruction does not hold (an answer that echoes its
+    question, "how many hexagons?" -> "two hexagons", is not an association)."""
+    return set(words(sample.answer)) - set(words(sample.instruction))
+
+
+def trigger_associations(dataset: InstructionSet, n_max: int, min_count: int, max_share: float,
+                         min_rate: float, alpha: float) -> Dict[str, dict]:
+    """Instruction n-grams (and clauses) that make one response word near-certain, within a task.
+
+    A backdoor's text trigger makes its target (a word of the target, an injected phrase, the
+    swapped label) appear in almost every response that follows it, whatever the image; clean
+    instructions of a task do not fix the content of their responses. A pair (n-gram g, word w)
+    is kept when at least ``min_rate`` of g's carriers say w and a one-sided binomial test
+    against w's rate among the task's other samples gives p < ``alpha`` / (number of pairs
+    looked at: every word said after every n-gram; Bonferroni). Words the carrier's own instruction holds are not counted (answers
+    echo their questions). Returns ``{g: {"word", "count", "hits", "base_rate", "task"}}``: the
+    strongest word per n-gram.
+    """
+    from scipy.stats import binom
+
+    found: Dict[str, dict] = {}
+    tasks = sorted({s.task for s in dataset.samples})
+    for task in tasks:
+        rows = [s for s in dataset.samples if s.task == task]
+        grams = [instruction_ngrams(s.instruction, n_max) for s in rows]
+        said = [said_words(s) for s in rows]  # hits: echoes of the instruction do not count
+        plain = [set(words(s.answer)) for s in rows]  # base rates: every response word counts
+        total = Counter(w for ws in plain for w in ws)
+        carriers: Dict[str, List[int]] = defaultdict(list)
+        for i, g in enumerate(grams):
+            for gram in g:
+                carriers[gram].append(i)
+        n = len(rows)
+        pairs, tests = [], 0
+        for gram, idx in carriers.items():
+            if not (min_count <= len(idx) <= max_share * n) or len(idx) == n:
+                continue
+            local = Counter(w for i in idx for w in said[i])
+            tests += len(local)  # every (n-gram, word) pair looked at is a test
+            for w, k in local.items():
+                if k >= min_rate * len(idx):
+                    base = (total[w] - sum(w in plain[i] for i in idx)) / (n - len(idx))
+                    pairs.append((gram, w, k, len(idx), base))
+        tests = max(tests, 1)
+        for gram, w, k, m, base in pairs:
+            p = float(binom.sf(k - 1, m, min(max(base, 1.0 / n), 1.0)))
+            if p < alpha / tests and (gram not in found or k > found[gram]["hits"]):
+                found[gram] = {"word": w, "count": m, "hits": k, "base_rate": round(base, 4), "task": task}
+    return found
+
+
+def associated(dataset: InstructionSet, assoc: Dict[str, dict], n_max: int) -> List[str]:
+    """Per sample, the associated n-gram whose word its response says ('' if none)."""
+    out = []
+    for s in dataset.samples:
+        said = said_words(s)
+        hits = [g for g in instruction_ngrams(s.instruction, n_max) & set(assoc)
+                if assoc[g]["task"] == s.task and assoc[g]["word"] in said]
+        out.append(max(hits, key=lambda g: (assoc[g]["hits"], len(g), g)) if hits else "")
+    return out
