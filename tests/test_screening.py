@@ -4,6 +4,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+import torch
 
 from robustit.data.records import InstructionSet
 from robustit.defenses.screening import signals as sig
@@ -287,13 +288,14 @@ def test_abl_isolates_the_lowest_loss_samples_and_unlearns_them(cli_setup):
     run = root / "abl-run"
     assert main(["train", "--data", str(root / "poisoned"), "--split", "train", "--model", str(root / "base"),
                  "--method", "abl", "--param", "isolation_share=0.125", "--param", "unlearn_steps=3",
+                 "--param", "unlearn_lr=0.01",
                  "--max-steps", "30", "--batch-size", "8", "--lr", "1e-2", "--out", str(run), "--quiet"]) == 0
     record = json.loads((run / "train.json").read_text())["finish"]["abl"]
     poisoned_ids = set(json.loads((root / "poisoned" / "train" / "manifest.json").read_text())["poisoned_ids"])
     assert len(record["isolated_ids"]) == 4 and len(record["unlearn_losses"]) == 3
     losses = record["unlearn_losses"]
     assert all(loss < 0 for loss in losses) and losses[-1] < losses[0]  # ascent: the LM loss rises
-    assert len(set(record["isolated_ids"])) == 4 and "isolated_max_nll" in record
+    assert len(set(record["isolated_ids"])) == 4 and record["ceiling_nll"] > record["isolated_max_nll"]
     rc = main(["train", "--data", str(root / "poisoned"), "--split", "train", "--model", str(root / "base"),
                "--method", "abl", "--param", "isolation_share=0", "--out", str(root / "abl-bad"), "--quiet"])
     assert rc == 2
@@ -315,3 +317,30 @@ def test_associations_find_a_trigger_and_its_plausible_wrong_label_from_the_text
     assert not any(v["word"] in ("square", "is", "the") for v in assoc.values())
     result = screen_dataset(None, data, ScreenConfig(signals=("associations", "trigger_ngrams")), progress=False)
     assert sorted(np.flatnonzero(result.flagged).tolist()) == bad
+
+
+def test_abl_ascent_stops_above_its_ceiling(base):
+    from robustit.data.batching import encode_pairs
+    from robustit.train.batching import Batch
+    from robustit.train.methods import METHODS
+
+    abl = METHODS.get("abl")({})
+    data = tiny_dataset(4)
+    enc = encode_pairs(base.tokenizer, base.template, [s.instruction for s in data.samples],
+                       [s.answer for s in data.samples], 48)
+    from robustit.data.batching import ImageStore
+
+    batch = Batch(samples=data.samples, images=ImageStore(data).batch([s.image_ids for s in data.samples]),
+                  vision_features=None, **enc)
+    gen = torch.Generator().manual_seed(0)
+    plain, _ = abl.loss(base, batch, gen)
+    abl.ascent, abl.ceiling = True, plain.item() + 1.0
+    up, logs = abl.loss(base, batch, gen)
+    assert up.requires_grad and logs["ascent"] == 1.0 and up.item() == pytest.approx(-plain.item(), rel=1e-5)
+    abl.ceiling = plain.item() - 1.0
+    flat, logs = abl.loss(base, batch, gen)
+    assert logs["ascent"] == 0.0 and flat.item() == pytest.approx(-plain.item(), rel=1e-5)
+    base.zero_grad(set_to_none=True)
+    flat.backward()
+    assert all(p.grad is None or not p.grad.any() for p in base.parameters())
+    base.zero_grad(set_to_none=True)
