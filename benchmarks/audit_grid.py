@@ -22,7 +22,6 @@ alone) and the pool, inject, label and label-inworld targets (paper's reading).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path

@@ -76,7 +76,11 @@ class InstructionSet:
 
     def head(self, n: int) -> "InstructionSet":
         """The first ``n`` samples, with only the images and in-context entries they use."""
-        samples = self.samples[:n]
+        return self.subset(self.samples[:n])
+
+    def subset(self, samples: List[Sample]) -> "InstructionSet":
+        """A set of ``samples`` (drawn from this one), with only the images and in-context
+        entries they use; name and meta are kept."""
         used = {i for s in samples for i in s.image_ids}
         keep = {s.id for s in samples}
         in_context = None if self.in_context is None else {

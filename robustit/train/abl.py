@@ -26,7 +26,6 @@ import torch
 from ..config import check_range
 from ..defenses.screening.config import ScreenConfig
 from ..defenses.screening.likelihood import VisionInputs, score_tokens
-from ..defenses.screening.repair import subset
 from ..defenses.screening.signals import likelihood
 from ..errors import ConfigError
 from .batching import Batch
@@ -86,7 +85,7 @@ class ABL(Method):
     def _unlearn(self, model, data, optimizer, cfg, isolated) -> list:
         lr = self.cfg["unlearn_lr"] or 0.1 * cfg.lr
         params = [p for group in optimizer.param_groups for p in group["params"]]
-        data.use_dataset(subset(data.dataset, [data.dataset.samples[i] for i in sorted(isolated)]))
+        data.use_dataset(data.dataset.subset([data.dataset.samples[i] for i in sorted(isolated)]))
         self.ascent, losses = True, []
         model.train()
         try:

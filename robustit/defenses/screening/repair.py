@@ -83,7 +83,7 @@ def apply_decisions(dataset: InstructionSet, flagged: np.ndarray, action: str, s
         return dataset, {"action": action, "n_flagged": len(idx), "changed": 0}
     if action == "drop":
         keep = [s for i, s in enumerate(dataset.samples) if not flagged[i]]
-        return subset(dataset, keep), {"action": "drop", "n_flagged": len(idx), "dropped": len(idx)}
+        return dataset.subset(keep), {"action": "drop", "n_flagged": len(idx), "dropped": len(idx)}
     samples = [copy.copy(s) for s in dataset.samples]
     used: Dict[str, str] = {}
     pending, drop = [], set()
@@ -107,7 +107,7 @@ def apply_decisions(dataset: InstructionSet, flagged: np.ndarray, action: str, s
     counts = Counter(used.values())
     repaired = InstructionSet(dataset.name, samples, dataset.images, dict(dataset.meta), dataset.in_context)
     if drop:
-        repaired = subset(repaired, [s for i, s in enumerate(samples) if i not in drop])
+        repaired = repaired.subset([s for i, s in enumerate(samples) if i not in drop])
     return repaired, {"action": "repair", "n_flagged": len(idx), "repaired": dict(counts),
                       "dropped": len(drop), "source_by_id": used}
 
@@ -116,12 +116,3 @@ def source_name(sample: Sample, source: str) -> str:
     if source != "auto":
         return source
     return "references" if sample.meta.get("references") else "answers"
-
-
-def subset(dataset: InstructionSet, samples: List[Sample]) -> InstructionSet:
-    used = {i for s in samples for i in s.image_ids}
-    keep = {s.id for s in samples}
-    in_context = None if dataset.in_context is None else {
-        k: [i for i in v if i in keep] for k, v in dataset.in_context.items() if k in keep}
-    return InstructionSet(dataset.name, samples, {k: v for k, v in dataset.images.items() if k in used},
-                          dict(dataset.meta), in_context)
