@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import json
 from pathlib import Path
 
 ATTACKS = ["badnet", "blended", "sig", "ssba", "ftrojan", "trojvqa", "vltrojan"]
@@ -53,6 +54,8 @@ def parse(argv):
                     help="comma-separated further thresholds scored from the same screen (recorded under "
                          "'at_threshold'; default 4,5)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    ap.add_argument("--table", action="store_true",
+                    help="print the Markdown table of OUT/audit-grid.json and exit (no poisoning, no screening)")
     return ap.parse_args(argv)
 
 
@@ -98,8 +101,17 @@ def poison(c, clean: Path, out: Path) -> Path:
     return folder
 
 
+HEADER = ("| attack | rate | reading | target | seed | precision | recall | F1 | FPR | AUROC | TPR@1%FPR | s |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+
 def main(argv=None):
     args = parse(argv)
+    if args.table:
+        print(HEADER)
+        for r in json.loads((Path(args.out) / "audit-grid.json").read_text())["cells"]:
+            print(row(r))
+        return
     import torch
 
     torch.set_num_threads(args.threads)

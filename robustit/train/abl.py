@@ -7,7 +7,10 @@ What runs (readings of ours, each a parameter; docs/audit.md):
 1. VanillaIT for the whole run (ABL's isolation phase uses a local gradient ascent loss during
    early training; here the run is plain, and the isolation reads the tuned model).
 2. After the last step (``finish``), the mean token NLL of every training response under the
-   tuned model (the screen's own-image pass); the ``isolation_share`` lowest are isolated.
+   tuned model (the screen's own-image pass); the ``isolation_share`` lowest are isolated, by
+   robust z within each task (``isolate_by=task``, default: short VQA answers always have the
+   lowest raw loss, and isolating them unlearned 100 clean answers and no poison on the shipped
+   base, 2026-12-08) or by the raw NLL (``isolate_by=raw``, ABL's literal rule).
 3. ``unlearn_steps`` optimizer steps of gradient ascent (the LM loss negated) on the isolated
    samples at ``unlearn_lr`` (default: a tenth of the run's lr), through the loop's runtime.
    The ascent is bounded: a batch whose loss is above ``unlearn_ceiling`` times the median NLL
@@ -26,12 +29,13 @@ import torch
 from ..config import check_range
 from ..defenses.screening.config import ScreenConfig
 from ..defenses.screening.likelihood import VisionInputs, score_tokens
-from ..defenses.screening.signals import likelihood
+from ..defenses.screening.signals import likelihood, robust_z
 from ..errors import ConfigError
 from .batching import Batch
 from .methods import METHODS, Method
 
-DEFAULTS = {"isolation_share": 0.05, "unlearn_steps": 20, "unlearn_lr": None, "unlearn_ceiling": 3.0}
+DEFAULTS = {"isolation_share": 0.05, "unlearn_steps": 20, "unlearn_lr": None, "unlearn_ceiling": 3.0,
+            "isolate_by": "task"}
 
 
 @METHODS.register("abl")
@@ -51,6 +55,8 @@ class ABL(Method):
         if self.cfg["unlearn_lr"] is not None:
             check_range("unlearn_lr", self.cfg["unlearn_lr"], 0, lo_open=True)
         check_range("unlearn_ceiling", self.cfg["unlearn_ceiling"], 0, lo_open=True)
+        if self.cfg["isolate_by"] not in ("task", "raw"):
+            raise ConfigError(f"abl parameter isolate_by must be task or raw; got {self.cfg['isolate_by']!r}")
         self.ascent, self.ceiling = False, float("inf")
 
     def describe(self) -> Dict:
@@ -70,8 +76,9 @@ class ABL(Method):
         scores = score_tokens(model, dataset, ScreenConfig(max_len=cfg.max_len, signals=("likelihood",)), vision,
                               grounding=False, progress=False)
         nll = likelihood(scores)
+        rank = robust_z(nll, [s.task for s in dataset.samples]) if self.cfg["isolate_by"] == "task" else nll
         k = max(1, int(round(self.cfg["isolation_share"] * len(dataset))))
-        isolated = np.argsort(nll, kind="stable")[:k]
+        isolated = np.argsort(rank, kind="stable")[:k]
         kept = np.setdiff1d(np.arange(len(dataset)), isolated)
         self.ceiling = self.cfg["unlearn_ceiling"] * float(np.median(nll[kept])) if kept.size else float("inf")
         record = {"isolated_ids": [dataset.samples[i].id for i in isolated],
