@@ -19,9 +19,10 @@ def register(sub) -> None:
     p = sub.add_parser("audit", help="find suspect (poisoned) samples in an instruction set",
                        description="Score every sample of --data for backdoor suspicion under the "
                                    "frozen base model, without knowing the attack: how unlikely its "
-                                   "response is, how little it depends on its own image, its most "
-                                   "surprising tokens, responses repeated over unrelated images, and "
-                                   "instruction n-grams that the suspects share. Writes OUT/audit.json "
+                                   "response is, its most surprising tokens, responses repeated over "
+                                   "images they are not grounded in, instruction n-grams after which one "
+                                   "response word is near-certain, and instruction n-grams that the "
+                                   "suspects share. Writes OUT/audit.json "
                                    "(every sample's signals, score and decision; the configuration, "
                                    "versions and commit) and OUT/audit.html (top suspects, histograms). "
                                    "See docs/audit.md.")
@@ -30,7 +31,7 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="folder for audit.json and audit.html")
     p.add_argument("--signals", default=",".join(d.signals), metavar="LIST",
                    help=f"comma-separated signals to compute and combine, from {', '.join(SIGNALS)} "
-                        f"(default: all)")
+                        f"(default: {','.join(d.signals)}; docs/audit.md says what each catches)")
     p.add_argument("--threshold", type=float, default=d.threshold,
                    help=f"flag samples whose combined score (robust z) exceeds this (default {d.threshold:g}; "
                         f"lower flags more: more recall, more clean samples lost)")

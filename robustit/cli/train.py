@@ -22,7 +22,9 @@ def register(sub) -> None:
     p.add_argument("--method", default="vanilla",
                    help="tuning method: vanilla (VanillaIT), robustit (IDR + AAR), the baselines "
                         "fineprune and cleanclip (--param percentile=20, --param variants=2; see "
-                        "docs/baselines.md), ... (see `robustit train --list-methods`)")
+                        "docs/baselines.md), guard (screen the data on the frozen base, repair the "
+                        "suspects, tune: --param action=drop, threshold=6, idr=true), the screening "
+                        "baselines byorn and abl (docs/audit.md), ... (see `robustit train --list-methods`)")
     p.add_argument("--list-methods", action="store_true", help="print the known methods and exit")
     p.add_argument("--preset", default="embedded-cpu",
                    help="hyper-parameter preset: embedded-cpu (measured for the embedded model) or "
