@@ -344,3 +344,30 @@ def test_abl_ascent_stops_above_its_ceiling(base):
     flat.backward()
     assert all(p.grad is None or not p.grad.any() for p in base.parameters())
     base.zero_grad(set_to_none=True)
+
+
+def test_audit_page_renders_in_headless_chromium_with_signals_missing_for_some_samples(tmp_path):
+    import shutil
+    import subprocess
+
+    from robustit.data.records import encode_png
+    from robustit.report.audit_page import audit_page
+
+    rows = [{"id": f"s{i}", "task": "caption", "score": float(i), "flagged": i > 6, "likelihood": 1.0 + i,
+             "z_likelihood": float(i), "z_ungrounded": None if i % 2 else 0.5} for i in range(9)]
+    summary = {"n_samples": 9, "n_flagged": 2, "share_flagged": 2 / 9, "seconds": {"total": 1.0},
+               "config": {"threshold": 6.0, "signals": ["likelihood", "duplicates"]},
+               "trigger_ngrams": {"[zq zq]": {"count": 2, "flagged": 2}}}
+    image = encode_png(np.zeros((8, 8, 3), dtype=np.uint8))
+    samples = {f"s{i}": {"instruction": f"Describe {i}.", "answer": f"answer {i}", "image_ids": [f"i{i}"]} for i in range(9)}
+    page = audit_page(summary, rows, samples, {f"i{i}": image for i in range(9)}, top=3)
+    (tmp_path / "audit.html").write_text(page)
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("Debian package chromium not installed (apt-get install -y chromium)")
+    dom = subprocess.run([browser, "--headless", "--disable-gpu", "--no-sandbox", f"--user-data-dir={tmp_path / 'p'}",
+                          "--dump-dom", (tmp_path / "audit.html").resolve().as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    assert "2 of 9 samples flagged" in dom and "[zq zq]" in dom
+    assert dom.count("<tr>") == 4 and dom.index("answer 8") < dom.index("answer 7") < dom.index("answer 6")
+    assert dom.count('src="data:image/') == 4  # three suspects and the histograms

@@ -20,7 +20,7 @@ def histogram_png(rows: List[dict], keys: List[str], threshold: float) -> bytes:
 
     fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.6), squeeze=False)
     for ax, key in zip(axes[0], keys):
-        values = [r[key] for r in rows if key in r]
+        values = [r[key] for r in rows if r.get(key) is not None]  # None: not computed for that sample
         ax.hist(values, bins=60, color="#4a6fa5", log=True)
         ax.axvline(threshold, color="#b33", lw=1)
         ax.set_title(key, fontsize=9)
@@ -60,7 +60,8 @@ def audit_page(summary: dict, rows: List[dict], samples: Dict[str, dict], images
     body = []
     for k, r in enumerate(ranked, 1):
         s = samples.get(r["id"], {})
-        strongest = sorted(((r[z], z[2:]) for z in zkeys if z.startswith("z_")), reverse=True)[:2]
+        strongest = sorted(((r[z], z[2:]) for z in zkeys if z.startswith("z_") and r.get(z) is not None),
+                           reverse=True)[:2]
         body.append("<tr>" + "".join([
             f"<td>{k}</td>", f"<td>{_img(images.get((s.get('image_ids') or [''])[0]))}</td>",
             f"<td>{esc(r['id'])}</td>", f"<td>{esc(r['task'])}</td>", f"<td>{esc(s.get('instruction', ''))}</td>",
