@@ -12,8 +12,9 @@ Parameters (``--param KEY=VALUE``; every one recorded in train.json and RUN/scre
     repair_source: auto (default: references, then VQA answers, then generate) | references |
         answers | generate.
     idr: false (default) | true: tune the kept data with IDR.
-    signals, threshold, other_images, surprise_tokens, batch_size, ngram_*: the screen's
-        settings (``ScreenConfig``; ``signals`` a comma-separated string or a list).
+    signals, threshold, flag_share, other_images, surprise_tokens, batch_size, ngram_*,
+        assoc_*, grounding_reference, seed: the screen's settings (``ScreenConfig``; ``signals``
+        a comma-separated string or a list; ``seed`` defaults to the run's ``--seed``).
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ class Guard(Method):
                 "idr": self.inner.describe() if self.inner is not None else None}
 
     def screen(self, model, data, progress: bool = False):
-        cfg = dataclasses.replace(self.screen_cfg, max_len=data.cfg.max_len, seed=data.cfg.seed)
+        seed = self.screen_cfg.seed if "seed" in self.params else data.cfg.seed  # the run's, unless given
+        cfg = dataclasses.replace(self.screen_cfg, max_len=data.cfg.max_len, seed=seed)
         vision = VisionInputs(model, data.dataset, features=data.features, store=data.store)
         result = screen_dataset(model, data.dataset, cfg, vision=vision, progress=progress)
         kept, decisions = apply_decisions(data.dataset, result.flagged, self.action, self.source,
